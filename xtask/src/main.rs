@@ -1,0 +1,2 @@
+//! Project automation for mlx-cluster.
+fn main() {}
