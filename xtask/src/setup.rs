@@ -1,0 +1,185 @@
+//! `cargo xtask setup`: everything the tests need that cargo does not build.
+//!
+//! - Debian packages (installed with apt-get only when missing; `apt-get
+//!   update` runs once first);
+//! - a Python venv with mlx-lm, tokenizers and the OpenAI SDK, pinned in
+//!   `scripts/requirements-mlx.txt`;
+//! - a tiny random-weight model built offline by `scripts/make_tiny_model.py`.
+//!
+//! The venv and the model live under `~/.cache/mlx-cluster/` (or
+//! `$MLX_CLUSTER_CACHE`), in directories named by a hash of the files that
+//! define them, so a second run on the same machine reuses them and a change
+//! to the pins or the script rebuilds them. A directory counts only once it
+//! holds a `.complete` marker: an interrupted build is redone, never reused.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::util::{fnv1a, have_program, output, run_step, workspace_root};
+
+/// Debian packages the tests and benchmarks use: (file that proves it is
+/// installed, package, what for).
+const APT_PACKAGES: &[(&str, &str, &str)] = &[
+    ("/usr/bin/curl", "curl", "SSE streaming checks"),
+    (
+        "/usr/sbin/dnsmasq",
+        "dnsmasq-base",
+        "real DNS server for SRV discovery tests",
+    ),
+    ("/usr/bin/git", "git", "tidy checks"),
+];
+
+/// What the tests read to find the fixtures.
+#[derive(Debug, Clone)]
+pub(crate) struct TestEnv {
+    venv: PathBuf,
+    model: PathBuf,
+}
+
+impl TestEnv {
+    /// Environment variables for `cargo test`.
+    pub(crate) fn vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("MLX_CLUSTER_VENV", self.venv.display().to_string()),
+            ("MLX_CLUSTER_TINY_MODEL", self.model.display().to_string()),
+        ]
+    }
+}
+
+/// Installs what is missing and returns where the fixtures are.
+pub(crate) fn run() -> Result<TestEnv, String> {
+    install_apt_packages()?;
+    let python = ensure_python_venv_support()?;
+    let cache = cache_dir()?;
+    let venv = ensure_venv(&python, &cache)?;
+    let model = ensure_tiny_model(&venv, &cache)?;
+    Ok(TestEnv { venv, model })
+}
+
+/// `$MLX_CLUSTER_CACHE`, else `~/.cache/mlx-cluster`.
+fn cache_dir() -> Result<PathBuf, String> {
+    if let Some(dir) = std::env::var_os("MLX_CLUSTER_CACHE") {
+        return Ok(PathBuf::from(dir));
+    }
+    let home =
+        std::env::var_os("HOME").ok_or("HOME is not set and MLX_CLUSTER_CACHE is not set")?;
+    Ok(PathBuf::from(home).join(".cache").join("mlx-cluster"))
+}
+
+fn install_apt_packages() -> Result<(), String> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(proof, _, _)| !Path::new(proof).exists())
+        .map(|(_, package, _)| *package)
+        .collect();
+    if missing.is_empty() {
+        eprintln!("setup: apt packages present");
+        return Ok(());
+    }
+    apt_install(&missing)
+}
+
+fn apt_install(packages: &[&str]) -> Result<(), String> {
+    if !have_program("apt-get") {
+        return Err(format!(
+            "missing packages {packages:?} and no apt-get to install them; install them by hand"
+        ));
+    }
+    eprintln!("setup: installing {packages:?}");
+    run_step(
+        "apt-get update",
+        Command::new("apt-get").args(["update", "-q"]),
+    )?;
+    run_step(
+        "apt-get install",
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages),
+    )
+}
+
+/// Finds a python3 that can make venvs, installing Debian's venv module if
+/// that is what is missing.
+fn ensure_python_venv_support() -> Result<String, String> {
+    let python = std::env::var("MLX_CLUSTER_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    if !have_program(&python) {
+        apt_install(&["python3", "python3-venv"])?;
+    }
+    let probe = Command::new(&python)
+        .args(["-c", "import venv, ensurepip"])
+        .status();
+    if !matches!(probe, Ok(status) if status.success()) {
+        apt_install(&["python3-venv"])?;
+    }
+    Ok(python)
+}
+
+fn ensure_venv(python: &str, cache: &Path) -> Result<PathBuf, String> {
+    let requirements = workspace_root().join("scripts/requirements-mlx.txt");
+    let pins = std::fs::read(&requirements)
+        .map_err(|e| format!("cannot read {}: {e}", requirements.display()))?;
+    let venv = cache.join(format!("venv-{}", fnv1a(&[&pins])));
+    if venv.join(".complete").exists() {
+        eprintln!("setup: venv ready at {}", venv.display());
+        return Ok(venv);
+    }
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv)
+            .map_err(|e| format!("cannot remove half-built {}: {e}", venv.display()))?;
+    }
+    std::fs::create_dir_all(cache)
+        .map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
+    run_step(
+        "venv",
+        Command::new(python).arg("-m").arg("venv").arg(&venv),
+    )?;
+    let pip = venv.join("bin/pip");
+    run_step(
+        "pip install",
+        Command::new(&pip)
+            .args(["install", "--disable-pip-version-check", "-q", "-r"])
+            .arg(&requirements),
+    )?;
+    mark_complete(&venv)?;
+    Ok(venv)
+}
+
+fn ensure_tiny_model(venv: &Path, cache: &Path) -> Result<PathBuf, String> {
+    let root = workspace_root();
+    let script_path = root.join("scripts/make_tiny_model.py");
+    let script = std::fs::read(&script_path)
+        .map_err(|e| format!("cannot read {}: {e}", script_path.display()))?;
+    let pins = std::fs::read(root.join("scripts/requirements-mlx.txt")).unwrap_or_default();
+    let model = cache.join(format!("tiny-model-{}", fnv1a(&[&script, &pins])));
+    if model.join(".complete").exists() {
+        eprintln!("setup: tiny model ready at {}", model.display());
+        return Ok(model);
+    }
+    if model.exists() {
+        std::fs::remove_dir_all(&model)
+            .map_err(|e| format!("cannot remove half-built {}: {e}", model.display()))?;
+    }
+    run_step(
+        "tiny model",
+        Command::new(venv.join("bin/python"))
+            .arg(&script_path)
+            .arg(&model)
+            .env("HF_HUB_OFFLINE", "1"),
+    )?;
+    let listing = output(Command::new("ls").arg(&model))?;
+    if !listing.contains("config.json") {
+        return Err(format!(
+            "{} did not produce a model in {} (found: {listing})",
+            script_path.display(),
+            model.display()
+        ));
+    }
+    mark_complete(&model)?;
+    Ok(model)
+}
+
+fn mark_complete(dir: &Path) -> Result<(), String> {
+    std::fs::write(dir.join(".complete"), b"ok\n")
+        .map_err(|e| format!("cannot write marker in {}: {e}", dir.display()))
+}
