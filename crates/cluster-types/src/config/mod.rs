@@ -1,0 +1,472 @@
+//! Configuration schema: [`ClusterConfig`] and its sections.
+//!
+//! Every section has a `Default`; every field may be omitted in a config
+//! file and takes the default stated in its doc comment (and in
+//! `docs/configuration.md`, generated from [`config_reference_markdown`]).
+//! Unknown keys are rejected. Durations are strings like `"5s"` (see
+//! [`crate::duration`]).
+//!
+//! Parsing lives in [`ClusterConfig::parse`] / [`ClusterConfig::parse_with_env`];
+//! environment overrides in [`apply_env_overrides`]; semantic checks in
+//! [`ClusterConfig::validate`].
+
+mod env;
+mod parse;
+mod reference;
+mod validate;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fingerprint::DEFAULT_BLOCK_BYTES;
+use crate::node::{ApiKey, NodeSpec};
+use crate::routing::LoadBalanceStrategy;
+
+pub use env::{ENV_PREFIX, apply_env_overrides};
+pub use parse::{ConfigErrors, ConfigFormat, ConfigProblem};
+pub use reference::{ReferenceEntry, config_reference, config_reference_markdown};
+
+/// The whole configuration of a cluster gateway.
+///
+/// `Default`: static discovery of one node `local` at
+/// `http://127.0.0.1:8080`, and every section at its defaults.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Where nodes come from. Default: static, one local node.
+    pub discovery: DiscoveryConfig,
+    /// Active health checks and state thresholds.
+    pub health: HealthConfig,
+    /// Backoff before re-probing an unhealthy node.
+    pub backoff: BackoffConfig,
+    /// Prompt-cache modelling and warm-up.
+    pub cache: CacheConfig,
+    /// Load balancing, retries and sticky sessions.
+    pub routing: RoutingConfig,
+    /// The HTTP front end.
+    pub gateway: GatewayConfig,
+}
+
+/// Health checking (the seeds' `HealthConfig`).
+///
+/// Defaults: `check_interval` 5s, `timeout` 2s, `max_consecutive_failures` 3,
+/// `unhealthy_threshold` 0.5, `degraded_threshold` 0.8,
+/// `recovery_successes` 5, `probe_path` `/v1/models`, `window` 30s,
+/// `max_samples` 100.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Time between active probes of a node. Default 5s.
+    #[serde(with = "crate::duration")]
+    pub check_interval: Duration,
+    /// Timeout of one probe; must be shorter than `check_interval`. Default 2s.
+    #[serde(with = "crate::duration")]
+    pub timeout: Duration,
+    /// Consecutive failures that make a node unhealthy regardless of its
+    /// success rate. Default 3.
+    pub max_consecutive_failures: u32,
+    /// Success rate below which a node is unhealthy, 0.0–1.0. Default 0.5.
+    pub unhealthy_threshold: f64,
+    /// Success rate below which a node is degraded, 0.0–1.0, at least
+    /// `unhealthy_threshold`. Default 0.8.
+    pub degraded_threshold: f64,
+    /// Consecutive successes that bring a node back to healthy. Default 5.
+    pub recovery_successes: u32,
+    /// Path probed on each node (appended to its base URL). Default
+    /// `/v1/models`.
+    pub probe_path: String,
+    /// Rolling window for success rate and latency. Default 30s.
+    #[serde(with = "crate::duration")]
+    pub window: Duration,
+    /// Most samples kept in the rolling window. Default 100.
+    pub max_samples: usize,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            check_interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            max_consecutive_failures: 3,
+            unhealthy_threshold: 0.5,
+            degraded_threshold: 0.8,
+            recovery_successes: 5,
+            probe_path: "/v1/models".to_owned(),
+            window: Duration::from_secs(30),
+            max_samples: 100,
+        }
+    }
+}
+
+/// Jittered exponential backoff (the seeds' `BackoffConfig`): delay `n` is
+/// `min(max, initial × multiplier^n)`, then multiplied by a random factor
+/// in `[1 − jitter, 1 + jitter]`.
+///
+/// Defaults: `initial` 1s, `max` 60s, `multiplier` 2.0, `jitter` 0.2.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackoffConfig {
+    /// First delay. Default 1s.
+    #[serde(with = "crate::duration")]
+    pub initial: Duration,
+    /// Largest delay; at least `initial`. Default 60s.
+    #[serde(with = "crate::duration")]
+    pub max: Duration,
+    /// Growth factor per attempt, ≥ 1. Default 2.0.
+    pub multiplier: f64,
+    /// Relative random spread, 0.0–1.0 (0.2 = ±20%). Default 0.2.
+    pub jitter: f64,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            multiplier: 2.0,
+            jitter: 0.2,
+        }
+    }
+}
+
+/// Prompt-cache modelling and warm-up (the seeds' `CacheConfig`).
+///
+/// Defaults: `max_prefixes_per_node` 10 (mlx_lm.server's prompt-cache
+/// size), `max_tokens_per_node` 131072, `entry_ttl` 30m,
+/// `fingerprint_block_bytes` 256, `sync_interval` 10s, `warmup_prompts`
+/// empty, `warmup_concurrency` 2, `warmup_timeout` 120s, `warmup_retries` 2.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Prompt prefixes a node keeps (its LRU size); the router forgets the
+    /// least recently used beyond this. Default 10 (mlx_lm default).
+    pub max_prefixes_per_node: u32,
+    /// Prompt tokens a node's cache is assumed to hold in total. Default
+    /// 131072.
+    pub max_tokens_per_node: u64,
+    /// A cached prefix not used for this long is assumed evicted. Default 30m.
+    #[serde(with = "crate::duration")]
+    pub entry_ttl: Duration,
+    /// Block size of prompt fingerprints, in bytes of canonical prompt text
+    /// (≈ 4 bytes per token), 16–1048576. Smaller blocks match prefixes more
+    /// finely but cost more hashes. Default 256.
+    pub fingerprint_block_bytes: u32,
+    /// How often the per-node cache model is pruned (TTL) and republished.
+    /// Default 10s.
+    #[serde(with = "crate::duration")]
+    pub sync_interval: Duration,
+    /// System prompts sent to every new node (a 1-token completion) so its
+    /// cache is warm before real traffic. Default empty.
+    pub warmup_prompts: Vec<String>,
+    /// Warm-up requests in flight at once per node. Default 2.
+    pub warmup_concurrency: u32,
+    /// Timeout of one warm-up request (prefill of a long prompt is slow).
+    /// Default 120s.
+    #[serde(with = "crate::duration")]
+    pub warmup_timeout: Duration,
+    /// Retries of a failed warm-up request. Default 2.
+    pub warmup_retries: u32,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_prefixes_per_node: 10,
+            max_tokens_per_node: 131_072,
+            entry_ttl: Duration::from_secs(30 * 60),
+            fingerprint_block_bytes: DEFAULT_BLOCK_BYTES,
+            sync_interval: Duration::from_secs(10),
+            warmup_prompts: Vec::new(),
+            warmup_concurrency: 2,
+            warmup_timeout: Duration::from_secs(120),
+            warmup_retries: 2,
+        }
+    }
+}
+
+/// URL scheme used to reach discovered nodes. Default `http`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    /// `http`.
+    #[default]
+    Http,
+    /// `https`.
+    Https,
+}
+
+impl Scheme {
+    /// `"http"` or `"https"`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+        }
+    }
+}
+
+/// Where nodes come from (the seeds' `DiscoveryConfig`): a tagged enum on
+/// the key `mode` = `static` | `dns` | `kubernetes`.
+///
+/// Default: [`DiscoveryConfig::Static`] with [`StaticDiscovery::default`]
+/// (one node `local` at `http://127.0.0.1:8080`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+pub enum DiscoveryConfig {
+    /// A fixed list of nodes.
+    Static(StaticDiscovery),
+    /// DNS SRV records.
+    Dns(DnsDiscovery),
+    /// Kubernetes EndpointSlices of a Service (or selected by labels).
+    Kubernetes(KubernetesDiscovery),
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self::Static(StaticDiscovery::default())
+    }
+}
+
+impl DiscoveryConfig {
+    /// `"static"`, `"dns"` or `"kubernetes"`.
+    #[must_use]
+    pub const fn mode(&self) -> &'static str {
+        match self {
+            Self::Static(_) => "static",
+            Self::Dns(_) => "dns",
+            Self::Kubernetes(_) => "kubernetes",
+        }
+    }
+
+    /// How long discovery waits for a new node's `GET /v1/models`.
+    #[must_use]
+    pub const fn validation_timeout(&self) -> Duration {
+        match self {
+            Self::Static(s) => s.validation_timeout,
+            Self::Dns(d) => d.validation_timeout,
+            Self::Kubernetes(k) => k.validation_timeout,
+        }
+    }
+}
+
+/// Static discovery: a fixed node list, re-validated periodically.
+///
+/// Defaults: `nodes` = one node `local` at `http://127.0.0.1:8080`,
+/// `refresh_interval` 30s, `validation_timeout` 2s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StaticDiscovery {
+    /// The nodes (at least one; ids and URLs unique).
+    pub nodes: Vec<NodeSpec>,
+    /// How often the list is re-checked. Default 30s.
+    #[serde(with = "crate::duration")]
+    pub refresh_interval: Duration,
+    /// Timeout of a new node's validation request. Default 2s.
+    #[serde(with = "crate::duration")]
+    pub validation_timeout: Duration,
+}
+
+impl Default for StaticDiscovery {
+    fn default() -> Self {
+        Self {
+            nodes: vec![NodeSpec::new("local", "http://127.0.0.1:8080")],
+            refresh_interval: Duration::from_secs(30),
+            validation_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// DNS discovery: SRV records of `srv_name`; each target:port is a node
+/// (id = `target:port`). Re-resolved after the records' TTL, clamped to
+/// `[min_refresh, max_refresh]`.
+///
+/// Defaults: `srv_name` empty (required), `nameserver` none (system
+/// resolver), `port_override` none, `scheme` http, `min_refresh` 5s,
+/// `max_refresh` 60s, `validation_timeout` 2s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsDiscovery {
+    /// SRV name, e.g. `_mlx._tcp.cluster.local`. Required.
+    pub srv_name: String,
+    /// DNS server to ask (`ip:port`) instead of the system resolver.
+    /// Default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nameserver: Option<SocketAddr>,
+    /// Port used instead of the SRV records' ports. Default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port_override: Option<u16>,
+    /// Scheme of node URLs. Default `http`.
+    pub scheme: Scheme,
+    /// Shortest time between resolutions. Default 5s.
+    #[serde(with = "crate::duration")]
+    pub min_refresh: Duration,
+    /// Longest time between resolutions. Default 60s.
+    #[serde(with = "crate::duration")]
+    pub max_refresh: Duration,
+    /// Timeout of a new node's validation request. Default 2s.
+    #[serde(with = "crate::duration")]
+    pub validation_timeout: Duration,
+}
+
+impl Default for DnsDiscovery {
+    fn default() -> Self {
+        Self {
+            srv_name: String::new(),
+            nameserver: None,
+            port_override: None,
+            scheme: Scheme::Http,
+            min_refresh: Duration::from_secs(5),
+            max_refresh: Duration::from_secs(60),
+            validation_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Kubernetes discovery: ready endpoints of the EndpointSlices of a Service
+/// (`service_name`) or of slices matching `label_selector` — exactly one of
+/// the two.
+///
+/// Defaults: `namespace` `default`, `service_name` none, `label_selector`
+/// none, `port_name` `http`, `scheme` http, `validation_timeout` 2s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubernetesDiscovery {
+    /// Namespace to watch. Default `default`.
+    pub namespace: String,
+    /// Service whose EndpointSlices to watch. Default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    /// Label selector for EndpointSlices, e.g. `app=mlx`. Default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_selector: Option<String>,
+    /// Name of the endpoint port to use. Default `http`.
+    pub port_name: String,
+    /// Scheme of node URLs. Default `http`.
+    pub scheme: Scheme,
+    /// Timeout of a new node's validation request. Default 2s.
+    #[serde(with = "crate::duration")]
+    pub validation_timeout: Duration,
+}
+
+impl Default for KubernetesDiscovery {
+    fn default() -> Self {
+        Self {
+            namespace: "default".to_owned(),
+            service_name: None,
+            label_selector: None,
+            port_name: "http".to_owned(),
+            scheme: Scheme::Http,
+            validation_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Load balancing, retries and sticky sessions (the seeds' `RoutingConfig`).
+///
+/// Defaults: `strategy` cache-aware, `max_retries` 2, `retry_delay` 100ms,
+/// `session_ttl` 30m, `session_header` `x-session-id`, `max_sessions` 100000.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Strategy. Default `cache-aware`.
+    pub strategy: LoadBalanceStrategy,
+    /// Retries on another node when a request fails before its first byte.
+    /// Default 2.
+    pub max_retries: u32,
+    /// Pause before a retry. Default 100ms.
+    #[serde(with = "crate::duration")]
+    pub retry_delay: Duration,
+    /// How long a session stays pinned to its node after its last request.
+    /// Default 30m.
+    #[serde(with = "crate::duration")]
+    pub session_ttl: Duration,
+    /// Request header carrying the session key (lowercase). Default
+    /// `x-session-id`.
+    pub session_header: String,
+    /// Most sessions remembered (least recently used are dropped). Default
+    /// 100000.
+    pub max_sessions: usize,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            strategy: LoadBalanceStrategy::default(),
+            max_retries: 2,
+            retry_delay: Duration::from_millis(100),
+            session_ttl: Duration::from_secs(30 * 60),
+            session_header: "x-session-id".to_owned(),
+            max_sessions: 100_000,
+        }
+    }
+}
+
+/// Log output format of the gateway. Default `human`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The HTTP front end.
+///
+/// Defaults: `listen` 127.0.0.1:8000, `admin_token` none, `connect_timeout`
+/// 2s, `first_byte_timeout` 300s, `idle_timeout` 60s, `request_timeout`
+/// none, `max_body_bytes` 32 MiB, `shutdown_grace` 30s, `log_format` human.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Address the gateway listens on. Default `127.0.0.1:8000`.
+    pub listen: SocketAddr,
+    /// Bearer token required by the admin/status API; none = admin API open
+    /// on loopback only. Default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<ApiKey>,
+    /// Timeout to connect to a node. Default 2s.
+    #[serde(with = "crate::duration")]
+    pub connect_timeout: Duration,
+    /// Timeout until a node's first response byte (prefill of a long cold
+    /// prompt is slow). Default 300s.
+    #[serde(with = "crate::duration")]
+    pub first_byte_timeout: Duration,
+    /// Longest gap between two chunks of a streamed response. Default 60s.
+    #[serde(with = "crate::duration")]
+    pub idle_timeout: Duration,
+    /// Overall limit per request; none = no limit (streams may run long).
+    /// Default none.
+    #[serde(
+        with = "crate::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub request_timeout: Option<Duration>,
+    /// Largest request body accepted, bytes. Default 33554432 (32 MiB).
+    pub max_body_bytes: u64,
+    /// On shutdown, how long in-flight requests may finish. Default 30s.
+    #[serde(with = "crate::duration")]
+    pub shutdown_grace: Duration,
+    /// Log format. Default `human`.
+    pub log_format: LogFormat,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8000),
+            admin_token: None,
+            connect_timeout: Duration::from_secs(2),
+            first_byte_timeout: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: None,
+            max_body_bytes: 32 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+            log_format: LogFormat::Human,
+        }
+    }
+}
