@@ -1,0 +1,356 @@
+//! What `select` hands out: the decision, where to send the request, and
+//! the guard that reports how it went.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use cluster_metrics::{InFlightGuard, RequestOutcome as MetricsOutcome};
+use cluster_types::{ApiKey, NodeId, RoutingDecision};
+
+use crate::cache_model::Inserted;
+use crate::live::NodeLive;
+use crate::router::RouterShared;
+use crate::strategy::f;
+
+/// Where to send a request: the chosen node's id, base URL (no trailing
+/// slash, no `/v1`) and API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeTarget {
+    /// The node.
+    pub node_id: NodeId,
+    /// Base URL, e.g. `http://127.0.0.1:8080`.
+    pub base_url: String,
+    /// Bearer token for the node, if it needs one.
+    pub api_key: Option<ApiKey>,
+}
+
+/// The answer of `select`: the decision, the target, and the guard that
+/// counts the request in flight on the node until it is finished.
+#[derive(Debug)]
+pub struct Selection {
+    /// Node, reason and confidence.
+    pub decision: RoutingDecision,
+    /// Where to send the request.
+    pub target: NodeTarget,
+    /// Report the outcome through this (dropping it counts as cancelled).
+    pub guard: RequestGuard,
+}
+
+/// Why a request failed (for passive health and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The connection could not be established.
+    Connect,
+    /// No answer (or no first byte) in time.
+    Timeout,
+    /// The node answered with a 5xx status other than 503.
+    ServerError {
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The connection broke mid-way.
+    Reset,
+    /// The answer could not be understood.
+    InvalidResponse,
+}
+
+/// How a routed request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RequestOutcome {
+    /// Completed; token counts from the answer's `usage` when present
+    /// (`prompt_tokens`, `prompt_tokens_details.cached_tokens`,
+    /// `completion_tokens`).
+    Success {
+        /// Prompt tokens the node reported.
+        prompt_tokens: Option<u32>,
+        /// Of those, tokens served from its prompt cache.
+        cached_tokens: Option<u32>,
+        /// Tokens generated.
+        completion_tokens: Option<u32>,
+    },
+    /// 429 or 503: the node is busy. Raises its load estimate and skips it
+    /// for `retry_after` (default 1 s, at most 60 s); does not count against
+    /// its health.
+    Overloaded {
+        /// The `Retry-After` the node sent, if any.
+        retry_after: Option<Duration>,
+    },
+    /// The request failed at the node; counts against its health.
+    Failed {
+        /// What went wrong.
+        kind: FailureKind,
+    },
+    /// The client went away; neither success nor failure for the node.
+    ClientCancelled,
+}
+
+impl RequestOutcome {
+    /// A success without token counts.
+    #[must_use]
+    pub const fn success() -> Self {
+        Self::Success {
+            prompt_tokens: None,
+            cached_tokens: None,
+            completion_tokens: None,
+        }
+    }
+
+    /// A success with token counts.
+    #[must_use]
+    pub const fn success_with_usage(prompt: u32, cached: u32, completion: u32) -> Self {
+        Self::Success {
+            prompt_tokens: Some(prompt),
+            cached_tokens: Some(cached),
+            completion_tokens: Some(completion),
+        }
+    }
+
+    /// Whether this counts against the node's health.
+    #[must_use]
+    pub const fn is_node_failure(&self) -> bool {
+        matches!(self, Self::Failed { .. })
+    }
+}
+
+/// Cache-model bookkeeping of one request.
+#[derive(Debug)]
+pub(crate) struct CacheTicket {
+    pub(crate) slot: u32,
+    pub(crate) chain: Arc<[u64]>,
+    pub(crate) inserted: Option<Inserted>,
+    pub(crate) predicted_blocks: usize,
+    pub(crate) total_blocks: usize,
+}
+
+/// Counts one request in flight on its node until finished.
+///
+/// Call [`first_byte`](Self::first_byte) when the first byte of the answer
+/// arrives and [`finish`](Self::finish) with the outcome; that feeds the
+/// node's metrics, the load estimates, passive health, the cache model and
+/// the learned prefill rate. Dropping the guard without `finish` counts the
+/// request as [`RequestOutcome::ClientCancelled`] — never as a success.
+#[derive(Debug)]
+pub struct RequestGuard {
+    pub(crate) shared: Arc<RouterShared>,
+    pub(crate) live: Arc<NodeLive>,
+    pub(crate) node_id: NodeId,
+    pub(crate) in_flight: Option<InFlightGuard>,
+    pub(crate) started: Instant,
+    pub(crate) first_byte_at: Option<Instant>,
+    /// Predicted uncached tokens, counted in the node's outstanding prefill
+    /// until the first byte.
+    pub(crate) prefill_tokens: u64,
+    /// Outstanding prefill on the node when this request was routed.
+    pub(crate) queued_ahead: u64,
+    pub(crate) cache: Option<CacheTicket>,
+    pub(crate) probe: bool,
+    pub(crate) done: bool,
+}
+
+impl RequestGuard {
+    /// The node the request went to.
+    #[must_use]
+    pub fn node_id(&self) -> &NodeId {
+        &self.node_id
+    }
+
+    /// When the request was routed (router clock).
+    #[must_use]
+    pub fn started_at(&self) -> Instant {
+        self.started
+    }
+
+    /// Time to first byte, once [`first_byte`](Self::first_byte) was called.
+    #[must_use]
+    pub fn time_to_first_byte(&self) -> Option<Duration> {
+        self.first_byte_at
+            .map(|t| t.saturating_duration_since(self.started))
+    }
+
+    /// Records that the first byte of the answer arrived now (router clock).
+    /// Later calls are ignored.
+    pub fn first_byte(&mut self) {
+        if self.first_byte_at.is_some() {
+            return;
+        }
+        let now = self.shared.clock.now();
+        self.first_byte_at = Some(now);
+        if let Some(g) = self.in_flight.as_mut() {
+            g.mark_first_token();
+        }
+        self.release_prefill();
+        let ttft = now.saturating_duration_since(self.started);
+        self.live.counters.observe_latency(ttft);
+        self.live.latency_ns.store(self.live.latency_estimate_ns());
+    }
+
+    fn release_prefill(&mut self) {
+        if self.prefill_tokens > 0 {
+            let t = self.prefill_tokens;
+            self.prefill_tokens = 0;
+            let _ = self.live.outstanding_prefill.fetch_update(
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+                |v| Some(v.saturating_sub(t)),
+            );
+        }
+    }
+
+    /// Reports how the request ended (see [`RequestOutcome`]).
+    pub fn finish(mut self, outcome: RequestOutcome) {
+        self.complete(outcome);
+    }
+
+    fn complete(&mut self, outcome: RequestOutcome) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let shared = Arc::clone(&self.shared);
+        let now = shared.clock.now();
+        let had_first_byte = self.first_byte_at.is_some();
+        self.release_prefill();
+        let latency = now.saturating_duration_since(self.started);
+        let ttft = self.time_to_first_byte();
+        let live = Arc::clone(&self.live);
+
+        // Metrics.
+        let metrics = match outcome {
+            RequestOutcome::Success {
+                prompt_tokens,
+                cached_tokens,
+                ..
+            } => {
+                let mut m = MetricsOutcome::success();
+                if let (Some(p), Some(c)) = (prompt_tokens, cached_tokens) {
+                    m = m.with_tokens(u64::from(p), u64::from(c));
+                }
+                m
+            }
+            RequestOutcome::Overloaded { .. } | RequestOutcome::Failed { .. } => {
+                MetricsOutcome::failure()
+            }
+            RequestOutcome::ClientCancelled => MetricsOutcome::cancelled(),
+        };
+        if let Some(g) = self.in_flight.take() {
+            g.finish(metrics);
+        }
+
+        match outcome {
+            RequestOutcome::Success {
+                prompt_tokens,
+                cached_tokens,
+                completion_tokens,
+            } => {
+                live.record_passive(now, true, Some(ttft.unwrap_or(latency)));
+                live.latency_ns.store(live.latency_estimate_ns());
+                if let (Some(p), Some(c)) = (prompt_tokens, cached_tokens) {
+                    let (p, c) = (u64::from(p), u64::from(c).min(u64::from(p)));
+                    live.last_reported_cached.store(c, Ordering::Relaxed);
+                    if p > 0 {
+                        let hit = f(c) / f(p);
+                        let old = live.hit_rate.load();
+                        live.hit_rate.store(if old > 0.0 {
+                            0.8 * old + 0.2 * hit
+                        } else {
+                            hit
+                        });
+                    }
+                    self.learn_rate(p.saturating_sub(c), ttft.unwrap_or(latency));
+                    if let Some(ticket) = self.cache.take() {
+                        let kept = if p == 0 {
+                            0
+                        } else {
+                            let k = u128::from(c) * ticket.total_blocks as u128 / u128::from(p);
+                            usize::try_from(k)
+                                .unwrap_or(usize::MAX)
+                                .min(ticket.chain.len())
+                        };
+                        let tokens = p + completion_tokens.map_or(0, u64::from);
+                        let mut model = shared.cache.lock();
+                        let own = ticket.inserted.map(|i| i.id);
+                        // Block counts map to tokens only approximately
+                        // (framing, templates): correct only a clear loss.
+                        let predicted = ticket.predicted_blocks;
+                        let clear_loss = kept + 2 + predicted * 3 / 20 < predicted;
+                        let kept = if clear_loss { kept } else { usize::MAX };
+                        model.correct(ticket.slot, own, &ticket.chain, kept, Some(tokens));
+                    }
+                    live.cache_updated
+                        .store(shared.epoch.encode(now), Ordering::Relaxed);
+                }
+                if let Some(fb) = self.first_byte_at {
+                    let d = now.saturating_duration_since(fb).as_secs_f64();
+                    let old = live.decode_seconds.load();
+                    live.decode_seconds
+                        .store(if old > 0.0 { 0.8 * old + 0.2 * d } else { d });
+                }
+            }
+            RequestOutcome::Overloaded { retry_after } => {
+                let p = &shared.params;
+                let wait = retry_after
+                    .unwrap_or(p.overload_backoff)
+                    .min(p.max_overload_backoff);
+                live.saturated_until
+                    .store(shared.epoch.encode(now + wait), Ordering::Relaxed);
+                // Raise the load estimate: a peak the size of the wait.
+                live.counters.observe_latency(wait.max(latency));
+                live.latency_ns.store(live.latency_estimate_ns());
+                self.rollback();
+            }
+            RequestOutcome::Failed { .. } => {
+                live.record_passive(now, false, None);
+                self.rollback();
+            }
+            RequestOutcome::ClientCancelled => {
+                if !had_first_byte {
+                    self.rollback();
+                }
+            }
+        }
+        if self.probe {
+            live.probe_in_flight.store(false, Ordering::Release);
+        }
+        if let Some(obs) = shared.observer.get() {
+            obs.observe(&self.node_id, &outcome, latency);
+        }
+    }
+
+    fn rollback(&mut self) {
+        if let Some(ticket) = self.cache.take() {
+            if let Some(ins) = ticket.inserted {
+                self.shared.cache.lock().rollback(ticket.slot, ins);
+            }
+        }
+    }
+
+    /// Learns the node's prefill rate from one answer: `(uncached +
+    /// queued_ahead) / ttft` tokens/s, blended into an EWMA.
+    fn learn_rate(&self, uncached: u64, ttft: Duration) {
+        let cost = &self.shared.params.cost;
+        let work = uncached + self.queued_ahead;
+        let secs = ttft.as_secs_f64();
+        if work < cost.min_rate_sample_tokens || secs <= 0.0 {
+            return;
+        }
+        let default = cost.default_prefill_tokens_per_second.max(1e-3);
+        let clamp = cost.rate_clamp.max(1.0);
+        let sample = (f(work) / secs).clamp(default / clamp, default * clamp);
+        let old = self.live.prefill_rate.load();
+        let a = cost.rate_ewma_alpha.clamp(0.0, 1.0);
+        self.live.prefill_rate.store(if old > 0.0 {
+            (1.0 - a) * old + a * sample
+        } else {
+            sample
+        });
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.complete(RequestOutcome::ClientCancelled);
+    }
+}

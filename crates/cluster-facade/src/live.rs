@@ -1,0 +1,175 @@
+//! Per-node state that changes on every request: atomics shared by every
+//! snapshot the node appears in, so snapshots are rebuilt only when
+//! membership or status changes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use cluster_metrics::{NodeCounters, RollingWindow, SharedClock};
+use parking_lot::Mutex;
+
+/// Converts instants to nanoseconds since a fixed origin so they fit in an
+/// `AtomicU64`. Value 0 means "never"; real instants map to `1 + nanos`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Epoch(Instant);
+
+impl Epoch {
+    pub(crate) fn new(origin: Instant) -> Self {
+        Self(origin)
+    }
+
+    pub(crate) fn encode(self, t: Instant) -> u64 {
+        let ns = t.saturating_duration_since(self.0).as_nanos();
+        u64::try_from(ns).unwrap_or(u64::MAX - 1).saturating_add(1)
+    }
+
+    pub(crate) fn decode(self, v: u64) -> Option<Instant> {
+        (v != 0).then(|| self.0 + Duration::from_nanos(v - 1))
+    }
+}
+
+/// An `f64` in an `AtomicU64`.
+#[derive(Debug)]
+pub(crate) struct AtomicF64(AtomicU64);
+
+impl AtomicF64 {
+    pub(crate) fn new(v: f64) -> Self {
+        Self(AtomicU64::new(v.to_bits()))
+    }
+
+    pub(crate) fn load(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn store(&self, v: f64) {
+        self.0.store(v.to_bits(), Ordering::Relaxed);
+    }
+}
+
+/// Live state of one node.
+#[derive(Debug)]
+pub(crate) struct NodeLive {
+    /// Request counters, histograms, in-flight count and the peak-EWMA of
+    /// time to first token (cluster-metrics).
+    pub(crate) counters: Arc<NodeCounters>,
+    /// Slot of the node in the cache model.
+    pub(crate) cache_slot: u32,
+    /// Predicted uncached prompt tokens of requests routed here whose first
+    /// byte has not arrived yet.
+    pub(crate) outstanding_prefill: AtomicU64,
+    /// Learned prefill rate, tokens/s (0 = not learned yet).
+    pub(crate) prefill_rate: AtomicF64,
+    /// Learned mean decode time (first byte → end), seconds (0 = unknown).
+    pub(crate) decode_seconds: AtomicF64,
+    /// Skip the node until this instant (overload answers), encoded.
+    pub(crate) saturated_until: AtomicU64,
+    /// Whether the half-open probe request is out.
+    pub(crate) probe_in_flight: AtomicBool,
+    /// Smooth weighted round-robin current weight.
+    pub(crate) swrr_current: AtomicI64,
+    /// Seeds' cache state: hash of the last routed system prompt (+1; 0 = none).
+    pub(crate) last_system_hash: AtomicU64,
+    /// Seeds' cache state: hash of the last routed tool list (+1; 0 = none).
+    pub(crate) last_tools_hash: AtomicU64,
+    /// When the cache state last changed, encoded.
+    pub(crate) cache_updated: AtomicU64,
+    /// `cached_tokens` of the last answer.
+    pub(crate) last_reported_cached: AtomicU64,
+    /// EWMA of cached / prompt tokens.
+    pub(crate) hit_rate: AtomicF64,
+    /// Last peak-EWMA time-to-first-token estimate, nanoseconds (0 = none),
+    /// cached for least-loaded's tie-break.
+    pub(crate) latency_ns: AtomicF64,
+    /// Passive success window (request outcomes).
+    pub(crate) window: Mutex<RollingWindow>,
+    /// Last success rate of `window`, cached for the hot path.
+    pub(crate) success_rate: AtomicF64,
+}
+
+impl NodeLive {
+    pub(crate) fn new(
+        clock: SharedClock,
+        cache_slot: u32,
+        window: Duration,
+        samples: usize,
+    ) -> Self {
+        Self {
+            counters: Arc::new(NodeCounters::with_clock(clock)),
+            cache_slot,
+            outstanding_prefill: AtomicU64::new(0),
+            prefill_rate: AtomicF64::new(0.0),
+            decode_seconds: AtomicF64::new(0.0),
+            saturated_until: AtomicU64::new(0),
+            probe_in_flight: AtomicBool::new(false),
+            swrr_current: AtomicI64::new(0),
+            last_system_hash: AtomicU64::new(0),
+            last_tools_hash: AtomicU64::new(0),
+            cache_updated: AtomicU64::new(0),
+            last_reported_cached: AtomicU64::new(0),
+            hit_rate: AtomicF64::new(0.0),
+            latency_ns: AtomicF64::new(0.0),
+            window: Mutex::new(RollingWindow::new(window, samples.max(1))),
+            success_rate: AtomicF64::new(1.0),
+        }
+    }
+
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.counters.in_flight()
+    }
+
+    /// The peak-EWMA time-to-first-token estimate now, nanoseconds.
+    pub(crate) fn latency_estimate_ns(&self) -> f64 {
+        let pending = self.in_flight();
+        #[allow(clippy::cast_precision_loss)]
+        let div = (pending + 1) as f64;
+        self.counters.load_cost() / div
+    }
+
+    pub(crate) fn is_saturated(&self, now_enc: u64) -> bool {
+        self.saturated_until.load(Ordering::Relaxed) > now_enc
+    }
+
+    /// Records a passive outcome into the success window.
+    pub(crate) fn record_passive(&self, now: Instant, success: bool, latency: Option<Duration>) {
+        let mut w = self.window.lock();
+        if success {
+            w.record_success(now, latency);
+        } else {
+            w.record_failure(now);
+        }
+        self.success_rate.store(w.snapshot(now).success_rate);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cluster_metrics::{Clock, ManualClock};
+
+    #[test]
+    fn epoch_round_trips() {
+        let t0 = Instant::now();
+        let e = Epoch::new(t0);
+        assert_eq!(e.decode(0), None);
+        let t = t0 + Duration::from_millis(1500);
+        assert_eq!(e.decode(e.encode(t)), Some(t));
+        assert_eq!(e.encode(t0), 1);
+    }
+
+    #[test]
+    fn passive_window_updates_success_rate() {
+        let clock = ManualClock::new();
+        let live = NodeLive::new(clock.shared(), 0, Duration::from_secs(30), 10);
+        assert!((live.success_rate.load() - 1.0).abs() < 1e-12);
+        live.record_passive(clock.now(), true, None);
+        live.record_passive(clock.now(), false, None);
+        assert!((live.success_rate.load() - 0.5).abs() < 1e-12);
+        assert!(!live.is_saturated(1));
+        live.saturated_until.store(10, Ordering::Relaxed);
+        assert!(live.is_saturated(5));
+        let f = AtomicF64::new(1.5);
+        f.store(2.5);
+        assert!((f.load() - 2.5).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,260 @@
+//! Router parameters: the strategy and every knob of the routing core.
+
+use std::time::Duration;
+
+use cluster_types::{ClusterConfig, LoadBalanceStrategy};
+
+use crate::cache_model::CacheModelParams;
+
+/// Which selection algorithm the router runs.
+///
+/// The five configurable strategies map one-to-one to
+/// [`LoadBalanceStrategy`]; [`StrategyKind::Oracle`] exists for the routing
+/// benchmark only (it needs a [`CacheOracle`](crate::CacheOracle)).
+/// Default: [`StrategyKind::CacheAware`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum StrategyKind {
+    /// Smooth weighted round-robin over the routable nodes.
+    RoundRobin,
+    /// Fewest requests in flight per unit of weight, then lowest latency.
+    LeastLoaded,
+    /// Power of two random choices over tower's peak-EWMA cost
+    /// (`latency-based`).
+    PowerOfTwoChoices,
+    /// The seeds' cache-aware score (`cache-score`), the baseline.
+    CacheScore,
+    /// Ours (`cache-aware`): minimise estimated time to first token using the
+    /// prefix-block cache model.
+    #[default]
+    CacheAware,
+    /// Like `CacheAware` but told each node's true cache by a
+    /// [`CacheOracle`](crate::CacheOracle) (benchmarks only).
+    Oracle,
+}
+
+impl StrategyKind {
+    /// Short name used in tables and logs (`"round-robin"`, `"least-loaded"`,
+    /// `"p2c-peak-ewma"`, `"cache-score"`, `"cache-aware"`, `"oracle"`).
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round-robin",
+            Self::LeastLoaded => "least-loaded",
+            Self::PowerOfTwoChoices => "p2c-peak-ewma",
+            Self::CacheScore => "cache-score",
+            Self::CacheAware => "cache-aware",
+            Self::Oracle => "oracle",
+        }
+    }
+}
+
+impl From<LoadBalanceStrategy> for StrategyKind {
+    fn from(s: LoadBalanceStrategy) -> Self {
+        match s {
+            LoadBalanceStrategy::RoundRobin => Self::RoundRobin,
+            LoadBalanceStrategy::LeastLoaded => Self::LeastLoaded,
+            LoadBalanceStrategy::LatencyBased => Self::PowerOfTwoChoices,
+            LoadBalanceStrategy::CacheScore => Self::CacheScore,
+            // CacheAware and any strategy added later.
+            _ => Self::CacheAware,
+        }
+    }
+}
+
+/// The time-to-first-token estimate of the cache-aware strategy (see
+/// `docs/routing.md`):
+///
+/// ```text
+/// est_ttft(node) = uncached_tokens(node) / rate(node)
+///                + outstanding_prefill_tokens(node) / rate(node)
+///                + in_flight(node) × per_request_seconds
+///                + max(0, in_flight(node) + 1 − node_concurrency) × decode_seconds(node)
+/// ```
+///
+/// Defaults ([`CostParams::default`]) are given per field.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CostParams {
+    /// Prefill rate assumed for a node before any measurement, prompt tokens
+    /// per second (scaled by nothing; learned per node afterwards).
+    /// Default 1500.
+    pub default_prefill_tokens_per_second: f64,
+    /// Weight of a new sample in the per-node prefill-rate EWMA. Default 0.2.
+    pub rate_ewma_alpha: f64,
+    /// Learned rates are kept within `[default / rate_clamp, default ×
+    /// rate_clamp]`. Default 20.
+    pub rate_clamp: f64,
+    /// Samples with less prefill work than this (uncached + queued tokens)
+    /// do not update the rate (overhead-dominated). Default 256.
+    pub min_rate_sample_tokens: u64,
+    /// Interference of each request in flight (decode steps interleaved with
+    /// prefill), seconds. Default 0.05.
+    pub per_request_seconds: f64,
+    /// Requests a node runs at once (mlx_lm's decode concurrency); requests
+    /// past it wait for a decode to finish. Default 8.
+    pub node_concurrency: u32,
+    /// Mean decode time of a request assumed before any measurement, seconds.
+    /// Default 5.
+    pub default_decode_seconds: f64,
+    /// Nodes whose estimates lie within `max(tie_abs_seconds, tie_relative ×
+    /// best)` of the best are tied. Default 0.05 s.
+    pub tie_abs_seconds: f64,
+    /// See `tie_abs_seconds`. Default 0.05 (5 %).
+    pub tie_relative: f64,
+    /// Blocks past the best node's match that key the rendezvous hash among
+    /// tied nodes. Default 8 (2 KiB of prompt with 256-byte blocks).
+    pub rendezvous_blocks: usize,
+    /// Up to this many candidates every node is evaluated; above it, only the
+    /// nodes with a cached match plus `sample_candidates` nodes picked by
+    /// hashing the prompt (deterministic, so replicas agree). Default 128.
+    pub full_scan_limit: usize,
+    /// See `full_scan_limit`. Default 4.
+    pub sample_candidates: usize,
+    /// Bytes of text per token when a request gives no token estimate.
+    /// Default 4.
+    pub bytes_per_token: u64,
+}
+
+impl Default for CostParams {
+    fn default() -> Self {
+        Self {
+            default_prefill_tokens_per_second: 1500.0,
+            rate_ewma_alpha: 0.2,
+            rate_clamp: 20.0,
+            min_rate_sample_tokens: 256,
+            per_request_seconds: 0.05,
+            node_concurrency: 8,
+            default_decode_seconds: 5.0,
+            tie_abs_seconds: 0.05,
+            tie_relative: 0.05,
+            rendezvous_blocks: 8,
+            full_scan_limit: 128,
+            sample_candidates: 4,
+            bytes_per_token: 4,
+        }
+    }
+}
+
+/// Everything the routing core needs, with defaults that match
+/// `ClusterConfig::default()`.
+///
+/// Build from a config with [`RouterParams::from_config`]; the knobs that
+/// the config does not carry keep the defaults given per field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouterParams {
+    /// Selection algorithm. Default [`StrategyKind::CacheAware`]
+    /// (`routing.strategy`).
+    pub strategy: StrategyKind,
+    /// Whether requests with a session id stick to the node that served the
+    /// session (hard for round-robin / least-loaded / p2c / cache-score; a
+    /// tie-break preference for cache-aware, whose cache model already keeps
+    /// a conversation where its prefix is). Default true.
+    pub sticky_sessions: bool,
+    /// A session unused for this long is forgotten. Default 30 min
+    /// (`routing.session_ttl`).
+    pub session_ttl: Duration,
+    /// Sessions remembered at most (the least recently used go first).
+    /// Default 100 000 (`routing.max_sessions`).
+    pub max_sessions: usize,
+    /// Cache model limits (`cache.max_prefixes_per_node`,
+    /// `cache.max_tokens_per_node`, `cache.entry_ttl`).
+    pub cache: CacheModelParams,
+    /// Cost model of the cache-aware strategy.
+    pub cost: CostParams,
+    /// How long a node that answered 429/503 without `Retry-After` is skipped.
+    /// Default 1 s.
+    pub overload_backoff: Duration,
+    /// Cap on a node's `Retry-After`. Default 60 s.
+    pub max_overload_backoff: Duration,
+    /// "Cache updated recently" window of the seeds' score. Default 60 s.
+    pub cache_score_recency: Duration,
+    /// In-flight requests under which the seeds' score adds its availability
+    /// bonus. Default 5.
+    pub cache_score_max_in_flight: u64,
+    /// Window of the per-node passive success rate (used by the seeds' score
+    /// and the status). Default 30 s (`health.window`).
+    pub success_window: Duration,
+    /// Samples kept in that window. Default 100 (`health.max_samples`).
+    pub success_window_samples: usize,
+    /// Seed of the router's random number generator (p2c sampling,
+    /// round-robin start). Default 0x6d6c78 ("mlx").
+    pub seed: u64,
+}
+
+impl Default for RouterParams {
+    fn default() -> Self {
+        Self {
+            strategy: StrategyKind::default(),
+            sticky_sessions: true,
+            session_ttl: Duration::from_secs(30 * 60),
+            max_sessions: 100_000,
+            cache: CacheModelParams::default(),
+            cost: CostParams::default(),
+            overload_backoff: Duration::from_secs(1),
+            max_overload_backoff: Duration::from_secs(60),
+            cache_score_recency: Duration::from_secs(60),
+            cache_score_max_in_flight: 5,
+            success_window: Duration::from_secs(30),
+            success_window_samples: 100,
+            seed: 0x006d_6c78,
+        }
+    }
+}
+
+impl RouterParams {
+    /// Parameters from a cluster config: strategy, sessions, cache limits and
+    /// the health window; everything else default.
+    #[must_use]
+    pub fn from_config(config: &ClusterConfig) -> Self {
+        let d = Self::default();
+        Self {
+            strategy: config.routing.strategy.into(),
+            session_ttl: config.routing.session_ttl,
+            max_sessions: config.routing.max_sessions,
+            cache: CacheModelParams {
+                max_entries_per_node: usize::try_from(config.cache.max_prefixes_per_node)
+                    .unwrap_or(usize::MAX),
+                max_tokens_per_node: config.cache.max_tokens_per_node,
+                entry_ttl: config.cache.entry_ttl,
+            },
+            success_window: config.health.window,
+            success_window_samples: config.health.max_samples,
+            ..d
+        }
+    }
+
+    /// The same parameters with another strategy.
+    #[must_use]
+    pub fn with_strategy(mut self, strategy: StrategyKind) -> Self {
+        self.strategy = strategy;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_mapping() {
+        let mut c = ClusterConfig::default();
+        c.routing.strategy = LoadBalanceStrategy::LatencyBased;
+        c.cache.max_prefixes_per_node = 4;
+        let p = RouterParams::from_config(&c);
+        assert_eq!(p.strategy, StrategyKind::PowerOfTwoChoices);
+        assert_eq!(p.cache.max_entries_per_node, 4);
+        assert_eq!(
+            RouterParams::from_config(&ClusterConfig::default()).strategy,
+            StrategyKind::CacheAware
+        );
+        for s in LoadBalanceStrategy::ALL {
+            let k = StrategyKind::from(*s);
+            assert!(!k.as_str().is_empty());
+        }
+        assert_eq!(StrategyKind::Oracle.as_str(), "oracle");
+        assert_eq!(
+            p.clone().with_strategy(StrategyKind::Oracle).strategy,
+            StrategyKind::Oracle
+        );
+    }
+}

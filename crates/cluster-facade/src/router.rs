@@ -1,0 +1,504 @@
+//! The routing core: one published snapshot, the strategies, sessions and
+//! the cache model — no I/O, time from an injected clock.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use cluster_metrics::SharedClock;
+use cluster_types::{
+    NodeCacheState, NodeId, NodeMetrics, RoutingContext, RoutingDecision, RoutingReason,
+};
+use parking_lot::Mutex;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+
+use crate::cache_model::CacheModel;
+use crate::error::FacadeError;
+use crate::guard::{CacheTicket, NodeTarget, RequestGuard, RequestOutcome, Selection};
+use crate::live::{Epoch, NodeLive};
+use crate::params::{RouterParams, StrategyKind};
+use crate::snapshot::{ClusterSnapshot, NodeEntry, SnapNode};
+use crate::strategy::cache_aware::{self, CacheOracle, Knowledge, Prompt, Scratch};
+use crate::strategy::cache_score::{CacheScore, enc_hash};
+use crate::strategy::least_loaded::LeastLoaded;
+use crate::strategy::round_robin::RoundRobin;
+use crate::strategy::session::SessionTable;
+use crate::strategy::{Pick, filter, p2c};
+
+/// Receives every finished request (the cluster feeds passive health with
+/// it).
+pub(crate) trait OutcomeObserver: Send + Sync {
+    fn observe(&self, node: &NodeId, outcome: &RequestOutcome, latency: Duration);
+}
+
+/// Serialises snapshot rebuilds and remembers each node's live state.
+#[derive(Debug, Default)]
+struct Publisher {
+    generation: u64,
+    lives: HashMap<NodeId, Arc<NodeLive>>,
+}
+
+/// State shared by the router and every request guard.
+pub(crate) struct RouterShared {
+    pub(crate) params: RouterParams,
+    pub(crate) clock: SharedClock,
+    pub(crate) epoch: Epoch,
+    snapshot: ArcSwap<ClusterSnapshot>,
+    publisher: Mutex<Publisher>,
+    pub(crate) cache: Mutex<CacheModel>,
+    scratch: Mutex<Scratch>,
+    sessions: SessionTable,
+    rr: RoundRobin,
+    ll: LeastLoaded,
+    score: CacheScore,
+    rng: Mutex<SmallRng>,
+    oracle: Option<Arc<dyn CacheOracle>>,
+    pub(crate) observer: OnceLock<Arc<dyn OutcomeObserver>>,
+}
+
+impl fmt::Debug for RouterShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouterShared")
+            .field("strategy", &self.params.strategy)
+            .field("generation", &self.snapshot.load().generation())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The routing core used by the [`Cluster`](crate::Cluster), usable alone
+/// (simulations, benchmarks, custom front ends).
+///
+/// It holds one published [`ClusterSnapshot`] (replaced by
+/// [`publish`](Self::publish) / [`update`](Self::update) when membership or
+/// status changes), the strategy state, sticky sessions and the cache model.
+/// [`select`](Self::select) reads the snapshot without locking anything that
+/// publishing holds; cache-aware selection takes the cache model's short
+/// mutex. Cloning is cheap (one `Arc`).
+///
+/// ```
+/// use cluster_facade::{NodeEntry, RequestOutcome, Router, RouterParams, StrategyKind};
+/// use cluster_metrics::ManualClock;
+/// use cluster_types::{NodeSpec, NodeStatus, RoutingContext};
+///
+/// let clock = ManualClock::new();
+/// let router = Router::new(RouterParams::default().with_strategy(StrategyKind::RoundRobin), clock.shared());
+/// router.publish(vec![
+///     NodeEntry::new(NodeSpec::new("a", "http://127.0.0.1:8081"), NodeStatus::Healthy),
+///     NodeEntry::new(NodeSpec::new("b", "http://127.0.0.1:8082"), NodeStatus::Healthy),
+/// ]);
+/// let sel = router.select(&RoutingContext::default()).unwrap();
+/// assert_eq!(sel.target.base_url, "http://127.0.0.1:8081");
+/// sel.guard.finish(RequestOutcome::success());
+/// ```
+#[derive(Debug, Clone)]
+pub struct Router {
+    pub(crate) shared: Arc<RouterShared>,
+}
+
+impl Router {
+    /// An empty router (no nodes) with `params` and `clock`.
+    #[must_use]
+    pub fn new(params: RouterParams, clock: SharedClock) -> Self {
+        Self::build(params, clock, None)
+    }
+
+    /// A router whose [`StrategyKind::Oracle`] strategy asks `oracle` for
+    /// each node's true cache (benchmarks only).
+    #[must_use]
+    pub fn with_oracle(
+        params: RouterParams,
+        clock: SharedClock,
+        oracle: Arc<dyn CacheOracle>,
+    ) -> Self {
+        Self::build(params, clock, Some(oracle))
+    }
+
+    fn build(
+        params: RouterParams,
+        clock: SharedClock,
+        oracle: Option<Arc<dyn CacheOracle>>,
+    ) -> Self {
+        let epoch = Epoch::new(clock.now());
+        let shared = RouterShared {
+            cache: Mutex::new(CacheModel::new(params.cache)),
+            scratch: Mutex::new(Scratch::default()),
+            sessions: SessionTable::new(params.session_ttl, params.max_sessions),
+            rng: Mutex::new(SmallRng::seed_from_u64(params.seed)),
+            params,
+            clock,
+            epoch,
+            snapshot: ArcSwap::from_pointee(ClusterSnapshot::default()),
+            publisher: Mutex::new(Publisher::default()),
+            rr: RoundRobin::default(),
+            ll: LeastLoaded::default(),
+            score: CacheScore::default(),
+            oracle,
+            observer: OnceLock::new(),
+        };
+        Self {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// The parameters in force.
+    #[must_use]
+    pub fn params(&self) -> &RouterParams {
+        &self.shared.params
+    }
+
+    /// The router's clock.
+    #[must_use]
+    pub fn clock(&self) -> &SharedClock {
+        &self.shared.clock
+    }
+
+    pub(crate) fn set_observer(&self, observer: Arc<dyn OutcomeObserver>) {
+        let _ = self.shared.observer.set(observer);
+    }
+
+    /// The current snapshot.
+    #[must_use]
+    pub fn snapshot(&self) -> Arc<ClusterSnapshot> {
+        self.shared.snapshot.load_full()
+    }
+
+    /// Replaces the node set. Nodes keep their live state (counters, load,
+    /// learned rates, cache model) across publications; nodes that left are
+    /// forgotten, with their sessions and cache model. Duplicate ids keep
+    /// the first.
+    pub fn publish(&self, entries: Vec<NodeEntry>) {
+        let mut publisher = self.shared.publisher.lock();
+        self.publish_locked(&mut publisher, entries);
+    }
+
+    /// Changes the node set with `f` (given the current entries, sorted by
+    /// id) and publishes the result, atomically with respect to other
+    /// publications.
+    pub fn update(&self, f: impl FnOnce(&mut Vec<NodeEntry>)) {
+        let mut publisher = self.shared.publisher.lock();
+        let mut entries: Vec<NodeEntry> = self.shared.snapshot.load().entries().cloned().collect();
+        f(&mut entries);
+        self.publish_locked(&mut publisher, entries);
+    }
+
+    fn publish_locked(&self, publisher: &mut Publisher, entries: Vec<NodeEntry>) {
+        let shared = &self.shared;
+        let mut old = std::mem::take(&mut publisher.lives);
+        let mut nodes = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if publisher.lives.contains_key(&entry.spec.id) {
+                continue;
+            }
+            let live = old.remove(&entry.spec.id).unwrap_or_else(|| {
+                let slot = shared.cache.lock().add_node();
+                Arc::new(NodeLive::new(
+                    Arc::clone(&shared.clock),
+                    slot,
+                    shared.params.success_window,
+                    shared.params.success_window_samples,
+                ))
+            });
+            publisher
+                .lives
+                .insert(entry.spec.id.clone(), Arc::clone(&live));
+            nodes.push(SnapNode::new(entry, live));
+        }
+        for (id, live) in old {
+            shared.cache.lock().remove_node(live.cache_slot);
+            shared.sessions.forget_node(&id);
+        }
+        publisher.generation += 1;
+        shared.snapshot.store(Arc::new(ClusterSnapshot::build(
+            publisher.generation,
+            nodes,
+        )));
+    }
+
+    /// Chooses a node for the request (see the crate docs for the passes and
+    /// strategies) and returns the decision, the target and the guard.
+    ///
+    /// # Errors
+    /// [`FacadeError::NoRoutableNode`] when no node can take it.
+    pub fn select(&self, ctx: &RoutingContext) -> Result<Selection, FacadeError> {
+        let shared = &self.shared;
+        let snap = shared.snapshot.load();
+        let now = shared.clock.now();
+        let now_enc = shared.epoch.encode(now);
+        let params = &shared.params;
+        let strategy = match params.strategy {
+            StrategyKind::Oracle if shared.oracle.is_none() => StrategyKind::CacheAware,
+            s => s,
+        };
+        let sticky = params.sticky_sessions;
+        let prefer = match (&ctx.session_id, sticky) {
+            (Some(key), true) => shared
+                .sessions
+                .get(key, now)
+                .and_then(|id| snap.index_of(&id)),
+            _ => None,
+        };
+        let prompt = Prompt::new(ctx, params.cost.bytes_per_token);
+        let cache_aware = matches!(strategy, StrategyKind::CacheAware | StrategyKind::Oracle);
+
+        // Cache-aware strategies decide and insert under one model lock.
+        let mut model_guard =
+            (!prompt.chain.is_empty() || cache_aware).then(|| shared.cache.lock());
+        let mut scratch = cache_aware.then(|| shared.scratch.lock());
+
+        let choice =
+            filter::select_with(&snap, ctx.model.as_deref(), &ctx.excluded, now_enc, |c| {
+                if !cache_aware {
+                    if let Some(p) = prefer.filter(|&p| c.admits(p)) {
+                        return Some(Pick::new(p, RoutingReason::SessionAffinity, 1.0));
+                    }
+                }
+                match strategy {
+                    StrategyKind::RoundRobin => shared.rr.choose(c),
+                    StrategyKind::LeastLoaded => shared.ll.choose(c),
+                    StrategyKind::PowerOfTwoChoices => p2c::choose(c, &mut *shared.rng.lock()),
+                    StrategyKind::CacheScore => {
+                        shared.score.choose(c, ctx, now, shared.epoch, params)
+                    }
+                    _ => {
+                        let knowledge = match (&shared.oracle, strategy) {
+                            (Some(o), StrategyKind::Oracle) => Knowledge::Oracle(o.as_ref()),
+                            _ => match model_guard.as_deref() {
+                                Some(m) => Knowledge::Model(m),
+                                None => return None,
+                            },
+                        };
+                        let scratch = scratch.as_deref_mut()?;
+                        cache_aware::choose(c, &prompt, knowledge, &params.cost, prefer, scratch)
+                    }
+                }
+            });
+        drop(scratch);
+        let Some((mut pick, probe)) = choice else {
+            return Err(FacadeError::NoRoutableNode {
+                model: ctx.model.clone(),
+                nodes: snap.statuses(),
+            });
+        };
+        let node = snap.node(pick.index);
+        let live = Arc::clone(&node.live);
+
+        // Cache model: what the node will hold once it has the prompt.
+        let cache = model_guard.as_deref_mut().and_then(|model| {
+            if prompt.chain.is_empty() {
+                return None;
+            }
+            if !cache_aware || strategy == StrategyKind::Oracle {
+                let matched = model.matched_blocks(live.cache_slot, prompt.chain);
+                if strategy != StrategyKind::Oracle {
+                    pick.cached_blocks = matched;
+                    pick.uncached_tokens = prompt.uncached(matched);
+                } else {
+                    pick.cached_blocks = matched;
+                }
+            }
+            let chain: Arc<[u64]> = Arc::from(prompt.chain);
+            let inserted = model.insert(live.cache_slot, Arc::clone(&chain), prompt.tokens, now);
+            Some(CacheTicket {
+                slot: live.cache_slot,
+                chain,
+                inserted,
+                predicted_blocks: pick.cached_blocks,
+                total_blocks: prompt.blocks.len(),
+            })
+        });
+        drop(model_guard);
+        if prompt.chain.is_empty() && !cache_aware {
+            pick.uncached_tokens = prompt.tokens;
+        }
+
+        // Seeds' cache state.
+        if let Some(h) = ctx.system_prompt_hash {
+            live.last_system_hash.store(enc_hash(h), Ordering::Relaxed);
+        }
+        if let Some(h) = ctx.tools_hash {
+            live.last_tools_hash.store(enc_hash(h), Ordering::Relaxed);
+        }
+        live.cache_updated.store(now_enc, Ordering::Relaxed);
+
+        if let (Some(key), true) = (&ctx.session_id, sticky) {
+            shared.sessions.put(key, &node.entry.spec.id, now);
+        }
+        let queued_ahead = live
+            .outstanding_prefill
+            .fetch_add(pick.uncached_tokens, Ordering::Relaxed);
+        let in_flight = live.counters.begin();
+        let decision =
+            RoutingDecision::new(node.entry.spec.id.clone(), pick.reason, pick.confidence);
+        let target = NodeTarget {
+            node_id: node.entry.spec.id.clone(),
+            base_url: node.entry.spec.url.clone(),
+            api_key: node.entry.spec.api_key.clone(),
+        };
+        let guard = RequestGuard {
+            shared: Arc::clone(shared),
+            live,
+            node_id: node.entry.spec.id.clone(),
+            in_flight: Some(in_flight),
+            started: now,
+            first_byte_at: None,
+            prefill_tokens: pick.uncached_tokens,
+            queued_ahead,
+            cache,
+            probe,
+            done: false,
+        };
+        Ok(Selection {
+            decision,
+            target,
+            guard,
+        })
+    }
+
+    /// Housekeeping at `now`: expires stale cache-model entries and sticky
+    /// sessions. Returns `(entries, sessions)` dropped. The cluster runs it
+    /// every `cache.sync_interval`.
+    pub fn expire(&self, now: Instant) -> (usize, usize) {
+        let entries = self.shared.cache.lock().expire(now);
+        let sessions = self.shared.sessions.sweep(now);
+        (entries, sessions)
+    }
+
+    /// Sticky sessions currently remembered.
+    #[must_use]
+    pub fn session_count(&self) -> usize {
+        self.shared.sessions.len()
+    }
+
+    /// Requests in flight on a node (0 for an unknown node).
+    #[must_use]
+    pub fn in_flight(&self, node: &NodeId) -> u64 {
+        let snap = self.shared.snapshot.load();
+        snap.index_of(node)
+            .map_or(0, |i| snap.node(i).live.in_flight())
+    }
+
+    /// The learned prefill rate of a node, tokens/s (`None` before the first
+    /// measurement or for an unknown node).
+    #[must_use]
+    pub fn prefill_rate(&self, node: &NodeId) -> Option<f64> {
+        let snap = self.shared.snapshot.load();
+        let r = snap.node(snap.index_of(node)?).live.prefill_rate.load();
+        (r > 0.0).then_some(r)
+    }
+
+    /// Whether the cache model believes `node` holds at least one block of
+    /// `ctx`'s prompt, and how many blocks.
+    #[must_use]
+    pub fn believed_cached_blocks(&self, node: &NodeId, ctx: &RoutingContext) -> usize {
+        let snap = self.shared.snapshot.load();
+        let Some(i) = snap.index_of(node) else {
+            return 0;
+        };
+        let slot = snap.node(i).live.cache_slot;
+        self.shared
+            .cache
+            .lock()
+            .matched_blocks(slot, ctx.fingerprint.full_blocks())
+    }
+
+    /// The router's view of a node's cache (`cluster_types::NodeCacheState`).
+    #[must_use]
+    pub fn cache_state(&self, node: &NodeId) -> Option<NodeCacheState> {
+        let snap = self.shared.snapshot.load();
+        let live = &snap.node(snap.index_of(node)?).live;
+        let (entries, tokens) = self.shared.cache.lock().node_stats(live.cache_slot);
+        let hash = |v: u64| (v != 0).then_some(v);
+        let updated = self
+            .shared
+            .epoch
+            .decode(live.cache_updated.load(Ordering::Relaxed));
+        Some(NodeCacheState {
+            cached_prefixes: u32::try_from(entries).unwrap_or(u32::MAX),
+            cached_tokens_estimate: tokens,
+            system_prompt_hash: hash(live.last_system_hash.load(Ordering::Relaxed)),
+            tools_hash: hash(live.last_tools_hash.load(Ordering::Relaxed)),
+            last_reported_cached_tokens: live.last_reported_cached.load(Ordering::Relaxed),
+            hit_rate: live.hit_rate.load(),
+            last_updated_unix_ms: updated.map(|t| self.unix_ms(t)),
+        })
+    }
+
+    /// A node's request metrics (`cluster_types::NodeMetrics`).
+    #[must_use]
+    pub fn node_metrics(&self, node: &NodeId) -> Option<NodeMetrics> {
+        let snap = self.shared.snapshot.load();
+        let live = &snap.node(snap.index_of(node)?).live;
+        let s = live.counters.snapshot();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        Some(NodeMetrics {
+            in_flight: s.in_flight,
+            requests_total: s.requests,
+            successes_total: s.successes,
+            failures_total: s.failures,
+            cancelled_total: s.cancelled,
+            prompt_tokens_total: s.prompt_tokens,
+            cached_tokens_total: s.cached_tokens,
+            completion_tokens_total: 0,
+            ewma_latency_ms: (s.requests > 0).then(|| ms(s.latency_estimate)),
+            latency_p50_ms: s.latency.p50.map(ms),
+            latency_p90_ms: s.latency.p90.map(ms),
+            latency_p99_ms: s.latency.p99.map(ms),
+            avg_ttft_ms: s.time_to_first_token.mean.map(ms),
+            last_request_unix_ms: None,
+        })
+    }
+
+    /// Converts a router-clock instant to unix milliseconds (through the
+    /// system clock's current offset).
+    pub(crate) fn unix_ms(&self, t: Instant) -> u64 {
+        let now = self.shared.clock.now();
+        let sys = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let at = if t <= now {
+            sys.saturating_sub(now - t)
+        } else {
+            sys + (t - now)
+        };
+        u64::try_from(at.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The per-node counters, for Prometheus exposition.
+    pub(crate) fn counters(&self) -> Vec<(NodeId, Arc<cluster_metrics::NodeCounters>)> {
+        self.shared
+            .snapshot
+            .load()
+            .nodes
+            .iter()
+            .map(|n| (n.entry.spec.id.clone(), Arc::clone(&n.live.counters)))
+            .collect()
+    }
+
+    /// Drops what the cache model believes about a node (e.g. it restarted).
+    pub fn forget_cache(&self, node: &NodeId) {
+        let snap = self.shared.snapshot.load();
+        if let Some(i) = snap.index_of(node) {
+            self.shared
+                .cache
+                .lock()
+                .clear_node(snap.node(i).live.cache_slot);
+        }
+    }
+
+    /// Replaces what the cache model believes about a node with chains the
+    /// node reported itself (block chains and token counts).
+    pub fn replace_cache(&self, node: &NodeId, chains: Vec<(Arc<[u64]>, u64)>) {
+        let snap = self.shared.snapshot.load();
+        if let Some(i) = snap.index_of(node) {
+            let now = self.shared.clock.now();
+            self.shared
+                .cache
+                .lock()
+                .replace_node(snap.node(i).live.cache_slot, chains, now);
+        }
+    }
+}

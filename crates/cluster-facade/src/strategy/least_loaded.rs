@@ -1,0 +1,111 @@
+//! Least-loaded: the fewest requests in flight per unit of weight, then the
+//! lowest latency estimate (the node's last peak-EWMA time to first token).
+//!
+//! The scan starts at a rotating position so that nodes tied on both keys
+//! take turns instead of the first one taking everything. O(n).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use cluster_types::RoutingReason;
+
+use super::{Candidates, Pick, f, margin};
+
+/// Least-loaded state: the rotating start.
+#[derive(Debug, Default)]
+pub(crate) struct LeastLoaded {
+    start: AtomicUsize,
+}
+
+impl LeastLoaded {
+    pub(crate) fn choose(&self, c: &Candidates<'_>) -> Option<Pick> {
+        let n = c.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.start.fetch_add(1, Ordering::Relaxed) % n;
+        let mut best: Option<(usize, f64, f64)> = None;
+        let mut second = f64::INFINITY;
+        for j in 0..n {
+            let k = (start + j) % n;
+            if !c.allowed(k) {
+                continue;
+            }
+            let node = c.node(k);
+            let load = (f(node.live.in_flight()) + 1.0) / f(u64::from(node.weight));
+            let lat = node.live.latency_ns.load();
+            match best {
+                Some((_, bl, blat)) if load > bl || (load == bl && lat >= blat) => {
+                    second = second.min(load);
+                }
+                Some((_, bl, _)) => {
+                    second = second.min(bl);
+                    best = Some((k, load, lat));
+                }
+                None => best = Some((k, load, lat)),
+            }
+        }
+        let (k, load, _) = best?;
+        Some(Pick::new(
+            c.index(k),
+            RoutingReason::LeastLoaded,
+            margin(load, second),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{healthy, snapshot};
+    use super::*;
+    use crate::live::Epoch;
+    use cluster_metrics::{Clock, ManualClock};
+    use cluster_types::NodeId;
+
+    #[test]
+    fn picks_fewest_in_flight_per_weight() {
+        let clock = ManualClock::new();
+        let epoch = Epoch::new(clock.now());
+        let snap = snapshot(&clock, &[1, 1, 2]);
+        let ll = LeastLoaded::default();
+        let none: Vec<NodeId> = vec![];
+        let _g0 = snap.node(0).live.counters.begin();
+        let _g1 = snap.node(1).live.counters.begin();
+        let _g2a = snap.node(2).live.counters.begin();
+        // n2: (1 + 1) / 2 = 1.0 < n0, n1: 2.0
+        let c = healthy(&snap, &none, epoch, &clock);
+        let p = ll.choose(&c).unwrap();
+        assert_eq!(p.index, 2);
+        assert_eq!(p.reason, RoutingReason::LeastLoaded);
+        assert!((p.confidence - 0.5).abs() < 1e-9);
+        let _g2b = snap.node(2).live.counters.begin();
+        let _g2c = snap.node(2).live.counters.begin();
+        // n2: 4 / 2 = 2.0 ties with n0/n1 at 2.0: latency decides.
+        snap.node(0).live.latency_ns.store(5e8);
+        snap.node(1).live.latency_ns.store(1e8);
+        snap.node(2).live.latency_ns.store(3e8);
+        for _ in 0..3 {
+            assert_eq!(ll.choose(&c).unwrap().index, 1);
+        }
+        let ex = vec![NodeId::from("n1")];
+        assert_eq!(
+            ll.choose(&healthy(&snap, &ex, epoch, &clock))
+                .unwrap()
+                .index,
+            2
+        );
+    }
+
+    #[test]
+    fn full_ties_rotate() {
+        let clock = ManualClock::new();
+        let epoch = Epoch::new(clock.now());
+        let snap = snapshot(&clock, &[1, 1, 1]);
+        let ll = LeastLoaded::default();
+        let none: Vec<NodeId> = vec![];
+        let c = healthy(&snap, &none, epoch, &clock);
+        let got: Vec<u32> = (0..3).map(|_| ll.choose(&c).unwrap().index).collect();
+        assert_eq!(got, [0, 1, 2]);
+        let all: Vec<NodeId> = ["n0", "n1", "n2"].map(NodeId::from).to_vec();
+        assert!(ll.choose(&healthy(&snap, &all, epoch, &clock)).is_none());
+    }
+}
