@@ -1,1 +1,99 @@
 //! Fixtures shared by the integration tests of mlx-cluster.
+//!
+//! - [`mlx`]: a real `mlx_lm.server` serving a tiny random-weight Llama model
+//!   on 127.0.0.1, from the Python venv and model directory that
+//!   `cargo xtask setup` caches under [`cache_dir()`].
+//!
+//! A missing fixture is a test **failure** (an [`FixtureError`] whose message
+//! says to run `cargo xtask setup`), never a skip.
+//!
+//! ```no_run
+//! use cluster_tests::mlx::{MlxFixture, MlxServer};
+//!
+//! # async fn demo() -> Result<(), cluster_tests::FixtureError> {
+//! let fixture = MlxFixture::locate()?;
+//! let mut server = MlxServer::start(&fixture).await?;
+//! let models = reqwest::get(format!("{}/v1/models", server.base_url())).await;
+//! assert!(models.is_ok());
+//! server.kill().await?; // the node is down: connection refused
+//! server.restart().await?; // back on the same port, with an empty prompt cache
+//! # Ok(())
+//! # }
+//! ```
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+mod error;
+pub mod mlx;
+
+pub use error::FixtureError;
+
+/// Environment variable that overrides [`cache_dir()`].
+pub const CACHE_DIR_ENV: &str = "MLX_CLUSTER_CACHE";
+
+/// Where `cargo xtask setup` keeps slow-to-build fixtures (the mlx venv, the
+/// tiny model): `$MLX_CLUSTER_CACHE` if set, else `$HOME/.cache/mlx-cluster`.
+///
+/// # Errors
+/// [`FixtureError::NoCacheDir`] when neither variable is set.
+pub fn cache_dir() -> Result<PathBuf, FixtureError> {
+    cache_dir_from(|name| std::env::var_os(name))
+}
+
+pub(crate) fn cache_dir_from(
+    env: impl Fn(&str) -> Option<OsString>,
+) -> Result<PathBuf, FixtureError> {
+    if let Some(dir) = env(CACHE_DIR_ENV).filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    let home = env("HOME")
+        .filter(|h| !h.is_empty())
+        .ok_or(FixtureError::NoCacheDir)?;
+    Ok(PathBuf::from(home).join(".cache").join("mlx-cluster"))
+}
+
+/// FNV-1a (64-bit) over `parts`, each followed by a `0xff` separator byte,
+/// printed as the top 48 bits in 12 lowercase hex digits.
+///
+/// This is the key of the cache directories (`venv-<key>`,
+/// `tiny-model-<key>`), and must stay identical to `xtask`'s `fnv1a`.
+pub fn fnv1a(parts: &[&[u8]]) -> String {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = OFFSET;
+    for part in parts {
+        for byte in *part {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(PRIME);
+        }
+        hash ^= 0xff;
+        hash = hash.wrapping_mul(PRIME);
+    }
+    format!("{:012x}", hash >> 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a_is_stable() {
+        // Pinned values: changing the algorithm would orphan every cache.
+        assert_eq!(fnv1a(&[]), "cbf29ce48422");
+        assert_eq!(fnv1a(&[b""]), "af64724c8602");
+        assert_ne!(fnv1a(&[b"ab", b"c"]), fnv1a(&[b"a", b"bc"]));
+    }
+
+    #[test]
+    fn cache_dir_prefers_override_then_home() {
+        let over = cache_dir_from(|n| (n == CACHE_DIR_ENV).then(|| "/x/cache".into()));
+        assert_eq!(over.unwrap(), PathBuf::from("/x/cache"));
+        let home = cache_dir_from(|n| (n == "HOME").then(|| "/home/u".into()));
+        assert_eq!(home.unwrap(), PathBuf::from("/home/u/.cache/mlx-cluster"));
+        assert!(matches!(
+            cache_dir_from(|_| None),
+            Err(FixtureError::NoCacheDir)
+        ));
+    }
+}
