@@ -1,0 +1,2 @@
+//! Scale benchmark (being written).
+fn main() {}
