@@ -51,6 +51,8 @@ mod guard;
 mod live;
 mod params;
 mod router;
+#[cfg(test)]
+mod router_tests;
 mod snapshot;
 mod strategy;
 
