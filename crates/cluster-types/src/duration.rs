@@ -61,7 +61,9 @@ pub enum DurationError {
         unit: String,
     },
     /// A component without digits, e.g. `"s"` or `"1h m"`.
-    #[error("expected a number in {input:?} at byte {position}")]
+    #[error(
+        "expected a number at byte {position} of {input:?} (durations look like \"5s\", \"250ms\", \"1m30s\")"
+    )]
     ExpectedNumber {
         /// The whole input.
         input: String,

@@ -251,60 +251,93 @@ impl ClusterConfig {
             }
         };
         let mut config = Self::default();
-        let mut failed: Vec<&str> = Vec::new();
-        let mut by_section: Vec<(usize, Vec<ConfigProblem>)> = Vec::new();
+        let mut node_indices = None;
         for (key, v) in map {
-            let mut local = Vec::new();
-            let ok = match key.as_str() {
-                "discovery" => decode_discovery(v, &mut local)
-                    .map(|d| config.discovery = d)
-                    .is_some(),
-                "health" => decode_section("health", v, &mut local)
-                    .map(|s| config.health = s)
-                    .is_some(),
-                "backoff" => decode_section("backoff", v, &mut local)
-                    .map(|s| config.backoff = s)
-                    .is_some(),
-                "cache" => decode_section("cache", v, &mut local)
-                    .map(|s| config.cache = s)
-                    .is_some(),
-                "routing" => decode_section("routing", v, &mut local)
-                    .map(|s| config.routing = s)
-                    .is_some(),
-                "gateway" => decode_section("gateway", v, &mut local)
-                    .map(|s| config.gateway = s)
-                    .is_some(),
-                _ => {
-                    local.push(ConfigProblem::new(
-                        key.clone(),
-                        format!("unknown key (expected one of: {})", SECTIONS.join(", ")),
-                    ));
-                    true
+            match key.as_str() {
+                "discovery" => {
+                    if let Some((d, indices)) = decode_discovery(v, &mut problems) {
+                        config.discovery = d;
+                        node_indices = indices;
+                    }
                 }
-            };
-            let index = SECTIONS
-                .iter()
-                .position(|s| *s == key)
-                .unwrap_or(SECTIONS.len());
-            if !ok && let Some(s) = SECTIONS.get(index) {
-                failed.push(s);
+                "health" => set(
+                    &mut config.health,
+                    decode_section("health", v, &mut problems),
+                ),
+                "backoff" => set(
+                    &mut config.backoff,
+                    decode_section("backoff", v, &mut problems),
+                ),
+                "cache" => set(&mut config.cache, decode_section("cache", v, &mut problems)),
+                "routing" => set(
+                    &mut config.routing,
+                    decode_section("routing", v, &mut problems),
+                ),
+                "gateway" => set(
+                    &mut config.gateway,
+                    decode_section("gateway", v, &mut problems),
+                ),
+                _ => problems.push(ConfigProblem::new(
+                    key.clone(),
+                    format!("unknown key (expected one of: {})", SECTIONS.join(", ")),
+                )),
             }
-            by_section.push((index, local));
         }
-        by_section.sort_by_key(|(i, _)| *i);
-        problems.extend(by_section.into_iter().flat_map(|(_, p)| p));
-        problems.extend(config.problems().into_iter().filter(|p| {
-            !failed.iter().any(|s| {
-                p.path
-                    .strip_prefix(s)
+        // Structural problems in a stable order whatever the map order.
+        problems.sort_by_cached_key(|p| sort_key(&p.path));
+        // Semantic checks run on whatever decoded (bad keys left at their
+        // defaults); a key that already has a structural problem is not
+        // reported twice.
+        let structural: Vec<String> = problems.iter().map(|p| p.path.clone()).collect();
+        let covered = |path: &str| {
+            structural.iter().any(|s| {
+                path.strip_prefix(s.as_str())
                     .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
             })
-        }));
+        };
+        problems.extend(
+            config
+                .problems_with_node_indices(node_indices.as_deref())
+                .into_iter()
+                .filter(|p| !covered(&p.path)),
+        );
         if problems.is_empty() {
             Ok(config)
         } else {
+            // Stable sort: sections in document order, unknown keys last.
+            problems.sort_by_key(|p| {
+                let head = p.path.split(['.', '[']).next().unwrap_or("");
+                SECTIONS
+                    .iter()
+                    .position(|s| *s == head)
+                    .unwrap_or(SECTIONS.len())
+            });
             Err(ConfigErrors(problems))
         }
+    }
+}
+
+/// (section position, path segments with numbers compared as numbers).
+fn sort_key(path: &str) -> (usize, Vec<(u64, String)>) {
+    let head = path.split(['.', '[']).next().unwrap_or("");
+    let section = SECTIONS
+        .iter()
+        .position(|s| *s == head)
+        .unwrap_or(SECTIONS.len());
+    let segments = path
+        .split(['.', '[', ']'])
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<u64>()
+                .map_or((u64::MAX, s.to_owned()), |n| (n, String::new()))
+        })
+        .collect();
+    (section, segments)
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
     }
 }
 
@@ -382,11 +415,17 @@ fn humanize(path: String, message: &str) -> ConfigProblem {
         push_key(&mut full, field);
         return ConfigProblem::new(full, "missing (required)");
     }
-    ConfigProblem::new(path, message.replace('`', ""))
+    let mut message = message.replace('`', "");
+    if message == "invalid socket address syntax" {
+        message.push_str(" (expected ip:port, e.g. \"127.0.0.1:8000\")");
+    }
+    ConfigProblem::new(path, message)
 }
 
 /// Decodes one section whose fields all have defaults. On failure, decodes
-/// each key alone to report every bad key, not just the first.
+/// each key alone to report every bad key, not just the first, and returns
+/// the section built from the good keys only (bad ones at their defaults),
+/// or `None` when not even that decodes.
 fn decode_section<T: DeserializeOwned>(
     name: &str,
     value: Value,
@@ -408,20 +447,31 @@ fn decode_section<T: DeserializeOwned>(
         return Some(t);
     }
     let before = problems.len();
+    let mut good = Map::new();
     for (k, v) in map {
         let mut single = Map::new();
-        single.insert(k, v);
-        let _ = decode_at::<T>(name, Value::Object(single), problems);
+        single.insert(k.clone(), v.clone());
+        if decode_at::<T>(name, Value::Object(single), problems).is_some() {
+            good.insert(k, v);
+        }
     }
     if problems.len() == before {
+        // Every key is fine alone but not together.
         problems.extend(first);
+        return None;
     }
-    None
+    decode_at::<T>(name, Value::Object(good), &mut Vec::new())
 }
 
-fn decode_discovery(value: Value, problems: &mut Vec<ConfigProblem>) -> Option<DiscoveryConfig> {
+/// Decodes the discovery section. Returns the (possibly partial) config and,
+/// when some static nodes failed to decode, the original index of each node
+/// that did.
+fn decode_discovery(
+    value: Value,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<(DiscoveryConfig, Option<Vec<usize>>)> {
     let mut map = match value {
-        Value::Null => return Some(DiscoveryConfig::default()),
+        Value::Null => return Some((DiscoveryConfig::default(), None)),
         Value::Object(map) => map,
         other => {
             problems.push(ConfigProblem::new(
@@ -445,24 +495,28 @@ fn decode_discovery(value: Value, problems: &mut Vec<ConfigProblem>) -> Option<D
             return None;
         }
     };
-    match mode.as_str() {
+    let before = problems.len();
+    let result = match mode.as_str() {
         "static" => {
             // Decode each node alone so every bad node is reported.
-            let mut nodes_ok = true;
             let mut nodes = None;
+            let mut indices = None;
+            let mut nodes_bad = false;
             if let Some(v) = map.remove("nodes") {
                 match v {
                     Value::Array(items) => {
-                        let mut decoded = Vec::with_capacity(items.len());
+                        let total = items.len();
+                        let mut decoded = Vec::with_capacity(total);
+                        let mut kept = Vec::with_capacity(total);
                         for (i, item) in items.into_iter().enumerate() {
-                            match decode_at::<NodeSpec>(
-                                &format!("discovery.nodes[{i}]"),
-                                item,
-                                problems,
-                            ) {
-                                Some(n) => decoded.push(n),
-                                None => nodes_ok = false,
+                            let path = format!("discovery.nodes[{i}]");
+                            if let Some(n) = decode_at::<NodeSpec>(&path, item, problems) {
+                                decoded.push(n);
+                                kept.push(i);
                             }
+                        }
+                        if kept.len() < total {
+                            indices = Some(kept);
                         }
                         nodes = Some(decoded);
                     }
@@ -471,25 +525,27 @@ fn decode_discovery(value: Value, problems: &mut Vec<ConfigProblem>) -> Option<D
                             "discovery.nodes",
                             format!("expected an array of nodes, found {}", kind(&other)),
                         ));
-                        nodes_ok = false;
+                        nodes_bad = true;
                     }
                 }
             }
-            let rest = decode_section::<StaticDiscovery>("discovery", Value::Object(map), problems);
-            let mut s = rest?;
-            if !nodes_ok {
-                return None;
-            }
-            if let Some(nodes) = nodes {
-                s.nodes = nodes;
-            }
-            Some(DiscoveryConfig::Static(s))
+            decode_section::<StaticDiscovery>("discovery", Value::Object(map), problems).map(
+                |mut s| {
+                    if let Some(nodes) = nodes {
+                        s.nodes = nodes;
+                    } else if nodes_bad {
+                        s.nodes = Vec::new();
+                        indices = Some(Vec::new());
+                    }
+                    (DiscoveryConfig::Static(s), indices)
+                },
+            )
         }
         "dns" => decode_section::<DnsDiscovery>("discovery", Value::Object(map), problems)
-            .map(DiscoveryConfig::Dns),
+            .map(|d| (DiscoveryConfig::Dns(d), None)),
         "kubernetes" => {
             decode_section::<KubernetesDiscovery>("discovery", Value::Object(map), problems)
-                .map(DiscoveryConfig::Kubernetes)
+                .map(|k| (DiscoveryConfig::Kubernetes(k), None))
         }
         other => {
             problems.push(ConfigProblem::new(
@@ -498,5 +554,13 @@ fn decode_discovery(value: Value, problems: &mut Vec<ConfigProblem>) -> Option<D
             ));
             None
         }
+    };
+    for p in &mut problems[before..] {
+        if p.message.starts_with("unknown key") && !p.path.starts_with("discovery.nodes[") {
+            p.message =
+                p.message
+                    .replacen("unknown key", &format!("unknown key for mode {mode:?}"), 1);
+        }
     }
+    result
 }

@@ -497,6 +497,10 @@ fn toml_inline(v: &Value) -> String {
         }
         Value::Object(map) if map.is_empty() => "{}".to_owned(),
         Value::Object(map) => {
+            // Sorted, so the output does not depend on serde_json's
+            // `preserve_order` feature being enabled by another crate.
+            let mut map: Vec<(&String, &Value)> = map.iter().collect();
+            map.sort_by(|a, b| a.0.cmp(b.0));
             let inner: Vec<String> = map
                 .iter()
                 .map(|(k, v)| format!("{k} = {}", toml_inline(v)))
@@ -631,10 +635,15 @@ const SECTION_DOCS: &[(&str, &str)] = &[
 ];
 
 fn table_row(out: &mut String, e: &ReferenceEntry) {
+    // A `|` inside a cell would end it.
+    let cell = |s: &str| s.replace('|', "\\|");
     let _ = writeln!(
         out,
         "| `{}` | {} | {} | {} |",
-        e.path, e.ty, e.default, e.doc
+        e.path,
+        cell(e.ty),
+        cell(&e.default),
+        cell(e.doc)
     );
 }
 

@@ -47,8 +47,19 @@ impl ClusterConfig {
     /// Every semantic problem of this configuration (empty when valid).
     #[must_use]
     pub fn problems(&self) -> Vec<ConfigProblem> {
+        self.problems_with_node_indices(None)
+    }
+
+    /// Like [`problems`](Self::problems), for a static node list from which
+    /// undecodable nodes were dropped: `indices[k]` is the position in the
+    /// file of `nodes[k]`, used in paths. "At least one node" is not checked
+    /// then (the dropped nodes were already reported).
+    pub(crate) fn problems_with_node_indices(
+        &self,
+        indices: Option<&[usize]>,
+    ) -> Vec<ConfigProblem> {
         let mut p = Problems(Vec::new());
-        discovery(&mut p, &self.discovery);
+        discovery(&mut p, &self.discovery, indices);
         health(&mut p, &self.health);
         backoff(&mut p, &self.backoff);
         cache(&mut p, &self.cache);
@@ -73,21 +84,22 @@ impl ClusterConfig {
     }
 }
 
-fn discovery(p: &mut Problems, d: &DiscoveryConfig) {
+fn discovery(p: &mut Problems, d: &DiscoveryConfig, indices: Option<&[usize]>) {
     match d {
-        DiscoveryConfig::Static(s) => static_discovery(p, s),
+        DiscoveryConfig::Static(s) => static_discovery(p, s, indices),
         DiscoveryConfig::Dns(d) => dns(p, d),
         DiscoveryConfig::Kubernetes(k) => kubernetes(p, k),
     }
 }
 
-fn static_discovery(p: &mut Problems, s: &StaticDiscovery) {
-    if s.nodes.is_empty() {
+fn static_discovery(p: &mut Problems, s: &StaticDiscovery, indices: Option<&[usize]>) {
+    if s.nodes.is_empty() && indices.is_none() {
         p.push("discovery.nodes", "must list at least one node");
     }
     let mut ids: HashMap<&str, usize> = HashMap::new();
     let mut urls: HashMap<String, usize> = HashMap::new();
-    for (i, node) in s.nodes.iter().enumerate() {
+    for (k, node) in s.nodes.iter().enumerate() {
+        let i = indices.and_then(|m| m.get(k).copied()).unwrap_or(k);
         let at = |field: &str| format!("discovery.nodes[{i}].{field}");
         let id = node.id.as_str();
         if id.is_empty() {
