@@ -1,0 +1,238 @@
+//! OpenAI-compatible request and response shapes, as mlx_lm.server reads and
+//! writes them (field order included, so answers look the same byte for
+//! byte apart from ids, timestamps and spacing).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::tokenizer::{ChatTokens, MessageText, content_to_text, tokenize_chat};
+
+/// The model name mlx_lm.server assumes when a request names none:
+/// `default_model`.
+pub const DEFAULT_MODEL: &str = "default_model";
+
+fn default_model() -> String {
+    DEFAULT_MODEL.to_owned()
+}
+
+/// `stream_options` of a request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamOptions {
+    /// Send a final chunk with `usage` (and `choices: []`). Default false.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// One message of a chat request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant` or `tool`.
+    pub role: String,
+    /// A string, an array of text parts, or null. Default null.
+    #[serde(default)]
+    pub content: Value,
+    /// Tool calls of an assistant message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Value>,
+    /// Id of the tool call a `tool` message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    /// A message with text content.
+    #[must_use]
+    pub fn text(role: &str, content: String) -> Self {
+        Self {
+            role: role.to_owned(),
+            content: Value::String(content),
+            tool_calls: None,
+            tool_call_id: None,
+        }
+    }
+}
+
+/// A `POST /v1/chat/completions` body (the fields the simulator reads; the
+/// rest are accepted and ignored).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    /// Model name. Default `default_model`.
+    #[serde(default = "default_model")]
+    pub model: String,
+    /// The conversation.
+    pub messages: Vec<ChatMessage>,
+    /// Tool definitions. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<Value>>,
+    /// Output token limit (takes precedence over `max_tokens`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u32>,
+    /// Output token limit. Default: the node's default (512).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Stream the answer as server-sent events. Default false.
+    #[serde(default)]
+    pub stream: bool,
+    /// Streaming options. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+}
+
+impl ChatRequest {
+    /// Renders the prompt with the simulator's template (see
+    /// [`crate::tokenizer::tokenize_chat`]).
+    #[must_use]
+    pub fn prompt_tokens(&self) -> ChatTokens {
+        let contents: Vec<_> = self
+            .messages
+            .iter()
+            .map(|m| {
+                let calls = m.tool_calls.as_ref().map(Value::to_string);
+                (content_to_text(&m.content), calls)
+            })
+            .collect();
+        let texts: Vec<MessageText<'_>> = self
+            .messages
+            .iter()
+            .zip(&contents)
+            .map(|(m, (content, calls))| MessageText {
+                role: &m.role,
+                content,
+                tool_calls: calls.as_deref(),
+            })
+            .collect();
+        let tools = self
+            .tools
+            .as_ref()
+            .filter(|t| !t.is_empty())
+            .map(|t| Value::Array(t.clone()).to_string());
+        tokenize_chat(&texts, tools.as_deref())
+    }
+
+    /// The requested output limit, if any.
+    #[must_use]
+    pub fn output_limit(&self) -> Option<u32> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+
+    /// Whether a streamed answer ends with a usage chunk.
+    #[must_use]
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
+    }
+}
+
+/// A `POST /v1/completions` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextRequest {
+    /// Model name. Default `default_model`.
+    #[serde(default = "default_model")]
+    pub model: String,
+    /// The prompt text.
+    pub prompt: String,
+    /// Output token limit. Default: the node's default (512).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Stream the answer as server-sent events. Default false.
+    #[serde(default)]
+    pub stream: bool,
+    /// Streaming options. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+}
+
+/// `usage.prompt_tokens_details`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens served from the prompt cache. Default 0.
+    #[serde(default)]
+    pub cached_tokens: u64,
+}
+
+/// `usage` of a response.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens. Default 0.
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    /// Generated tokens. Default 0.
+    #[serde(default)]
+    pub completion_tokens: u64,
+    /// Their sum. Default 0.
+    #[serde(default)]
+    pub total_tokens: u64,
+    /// Cache details. Default: no cached tokens.
+    #[serde(default)]
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+impl Usage {
+    /// Usage for the given counts.
+    #[must_use]
+    pub fn new(prompt: u64, completion: u64, cached: u64) -> Self {
+        Self {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+            prompt_tokens_details: PromptTokensDetails {
+                cached_tokens: cached,
+            },
+        }
+    }
+}
+
+/// A chat `message` or streamed `delta`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Delta<'a> {
+    pub(crate) role: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) content: Option<&'a str>,
+}
+
+/// One choice of a response.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Choice<'a> {
+    pub(crate) index: u32,
+    pub(crate) finish_reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) message: Option<Delta<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) delta: Option<Delta<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) text: Option<&'a str>,
+}
+
+/// A response or stream chunk, keys in mlx_lm.server's order.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct CompletionBody<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) system_fingerprint: &'a str,
+    pub(crate) object: &'a str,
+    pub(crate) model: &'a str,
+    pub(crate) created: u64,
+    pub(crate) choices: Vec<Choice<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) usage: Option<Usage>,
+}
+
+/// `GET /v1/models` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelCard {
+    /// Model id.
+    pub id: String,
+    /// Always `model`.
+    pub object: String,
+    /// Unix seconds.
+    pub created: u64,
+}
+
+/// `GET /v1/models` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: String,
+    /// The models.
+    pub data: Vec<ModelCard>,
+}
