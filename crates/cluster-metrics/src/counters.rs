@@ -86,6 +86,9 @@ pub struct RequestOutcome {
     /// (`usage.prompt_tokens_details.cached_tokens`); `None` when not
     /// reported.
     pub cached_tokens: Option<u64>,
+    /// Completion (generated) tokens reported by the node
+    /// (`usage.completion_tokens`); `None` when not reported.
+    pub completion_tokens: Option<u64>,
 }
 
 impl RequestOutcome {
@@ -98,6 +101,7 @@ impl RequestOutcome {
             latency: None,
             prompt_tokens: None,
             cached_tokens: None,
+            completion_tokens: None,
         }
     }
 
@@ -140,9 +144,20 @@ impl RequestOutcome {
         self.cached_tokens = Some(cached_tokens);
         self
     }
+
+    /// Sets completion tokens.
+    #[must_use]
+    pub const fn with_completion_tokens(mut self, completion_tokens: u64) -> Self {
+        self.completion_tokens = Some(completion_tokens);
+        self
+    }
 }
 
 /// Live counters for one node. Share it as `Arc<NodeCounters>`.
+///
+/// Counts: `in_flight`, `requests`, `successes`, `failures`, `cancelled`,
+/// `prompt_tokens`, `cached_tokens`, `completion_tokens`; histograms of time
+/// to first token and latency; a peak-EWMA of time to first token.
 ///
 /// Defaults ([`NodeCounters::new`] / `default()`): every count 0, the
 /// [`SystemClock`](crate::SystemClock), empty histograms (1 µs ..= 1 h, 3
@@ -185,6 +200,7 @@ pub struct NodeCounters {
     cancelled: AtomicU64,
     prompt_tokens: AtomicU64,
     cached_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
     ttft: LatencyHistogram,
     latency: LatencyHistogram,
     ttft_estimate: SharedPeakEwma,
@@ -212,6 +228,8 @@ pub struct NodeCountersSnapshot {
     pub prompt_tokens: u64,
     /// Sum of reported cached prompt tokens.
     pub cached_tokens: u64,
+    /// Sum of reported completion tokens.
+    pub completion_tokens: u64,
     /// Time-to-first-token distribution (all outcomes that reported one).
     pub time_to_first_token: HistogramSummary,
     /// Latency distribution of successful requests.
@@ -290,6 +308,7 @@ impl NodeCounters {
             cancelled: AtomicU64::new(0),
             prompt_tokens: AtomicU64::new(0),
             cached_tokens: AtomicU64::new(0),
+            completion_tokens: AtomicU64::new(0),
             ttft: LatencyHistogram::new(),
             latency: LatencyHistogram::new(),
             ttft_estimate: SharedPeakEwma::new(estimator),
@@ -368,6 +387,7 @@ impl NodeCounters {
             cancelled,
             prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
             cached_tokens: self.cached_tokens.load(Ordering::Relaxed),
+            completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
             time_to_first_token: self.ttft.summary(),
             latency: self.latency.summary(),
             latency_estimate: self.ttft_estimate.peek(self.clock.now()),
@@ -386,6 +406,9 @@ impl NodeCounters {
         }
         if let Some(tokens) = outcome.cached_tokens {
             self.cached_tokens.fetch_add(tokens, Ordering::Relaxed);
+        }
+        if let Some(tokens) = outcome.completion_tokens {
+            self.completion_tokens.fetch_add(tokens, Ordering::Relaxed);
         }
         if let Some(ttft) = outcome.time_to_first_token {
             self.ttft.record(ttft);
@@ -500,7 +523,11 @@ mod tests {
         let g3 = c.begin();
         assert_eq!(c.in_flight(), 3);
         clock.advance(Duration::from_millis(100));
-        g1.finish(RequestOutcome::success().with_tokens(100, 40));
+        g1.finish(
+            RequestOutcome::success()
+                .with_tokens(100, 40)
+                .with_completion_tokens(7),
+        );
         g2.finish(RequestOutcome::failure());
         g3.finish(RequestOutcome::cancelled().with_tokens(10, 0));
         let s = c.snapshot();
@@ -508,6 +535,7 @@ mod tests {
         assert_eq!(s.requests, 3);
         assert_eq!((s.successes, s.failures, s.cancelled), (1, 1, 1));
         assert_eq!((s.prompt_tokens, s.cached_tokens), (110, 40));
+        assert_eq!(s.completion_tokens, 7);
         assert_eq!(s.completed(), 3);
         assert_eq!(s.error_rate(), 0.5);
         assert!((s.cache_hit_ratio() - 40.0 / 110.0).abs() < 1e-12);

@@ -193,8 +193,13 @@ impl Default for Ewma {
 /// `tower::load::PeakEwma` (see the [module docs](self) for the formula).
 ///
 /// Default ([`PeakEwma::default`]): `τ` = [`DEFAULT_DECAY`] (10 s), initial
-/// estimate [`DEFAULT_INITIAL_ESTIMATE`] (1 s). The initial estimate starts
-/// decaying at the first call that passes an instant.
+/// estimate [`DEFAULT_INITIAL_ESTIMATE`] (1 s).
+///
+/// The initial estimate is a prior: reads decay it like any estimate (from
+/// the first read), and the first [`observe`](Self::observe) replaces it
+/// outright. (tower instead blends the first response into its
+/// `default_rtt` with the usual weight, which keeps a wrong prior for about
+/// `τ`.)
 ///
 /// ```
 /// use std::time::{Duration, Instant};
@@ -213,6 +218,8 @@ pub struct PeakEwma {
     tau_ns: f64,
     estimate_ns: f64,
     updated_at: Option<Instant>,
+    /// Whether a real sample was observed (the initial estimate is a prior).
+    observed: bool,
 }
 
 impl PeakEwma {
@@ -224,6 +231,7 @@ impl PeakEwma {
             tau_ns: tau_ns(tau),
             estimate_ns: nanos(initial),
             updated_at: None,
+            observed: false,
         }
     }
 
@@ -249,6 +257,17 @@ impl PeakEwma {
     /// If `sample` exceeds the estimate, it becomes the estimate (peak);
     /// otherwise it is blended in with weight `1 − exp(−Δt/τ)`.
     pub fn observe(&mut self, now: Instant, sample: Duration) {
+        if !self.observed {
+            // The first real measurement replaces the prior outright.
+            self.observed = true;
+            self.estimate_ns = nanos(sample);
+            self.updated_at = Some(self.updated_at.map_or(now, |t| t.max(now)));
+            return;
+        }
+        self.update(now, sample);
+    }
+
+    fn update(&mut self, now: Instant, sample: Duration) {
         let sample_ns = nanos(sample);
         self.estimate_ns = if self.estimate_ns < sample_ns {
             sample_ns
@@ -262,7 +281,7 @@ impl PeakEwma {
     /// Decays the estimate to `now` (observing a zero-latency sample, as
     /// tower's `RttEstimate::decay` does) and returns it.
     pub fn decay(&mut self, now: Instant) -> Duration {
-        self.observe(now, Duration::ZERO);
+        self.update(now, Duration::ZERO);
         duration_from_nanos(self.estimate_ns)
     }
 
@@ -276,7 +295,7 @@ impl PeakEwma {
     /// The load cost at `now` with `pending` requests in flight:
     /// `decayed_estimate_ns × (pending + 1)`. Lower is better.
     pub fn cost(&mut self, now: Instant, pending: u32) -> f64 {
-        self.observe(now, Duration::ZERO);
+        self.update(now, Duration::ZERO);
         self.estimate_ns * (f64::from(pending) + 1.0)
     }
 }
@@ -399,6 +418,18 @@ mod tests {
         // A higher one replaces it.
         p.observe(t0 + TAU, ms(2000));
         assert_eq!(p.peek(t0 + TAU), ms(2000));
+    }
+
+    #[test]
+    fn first_observation_replaces_the_prior() {
+        let t0 = Instant::now();
+        let mut p = PeakEwma::new(TAU, ms(1000));
+        assert_eq!(p.cost(t0, 0), 1e9);
+        p.observe(t0, ms(250));
+        assert_eq!(p.peek(t0), ms(250));
+        // Later lower samples blend as usual.
+        p.observe(t0, ms(10));
+        assert_eq!(p.peek(t0), ms(250));
     }
 
     #[test]

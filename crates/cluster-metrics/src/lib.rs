@@ -40,19 +40,23 @@
 
 #![forbid(unsafe_code)]
 
+mod aggregate;
 mod clock;
 mod counters;
 mod error;
 pub mod ewma;
+pub mod exposition;
 mod histogram;
 mod window;
 
+pub use aggregate::aggregate_cluster_metrics;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, system_clock};
 pub use counters::{
     InFlightGuard, NodeCounters, NodeCountersSnapshot, OutcomeStatus, RequestOutcome,
 };
 pub use error::MetricsError;
 pub use ewma::{Ewma, PeakEwma, SharedPeakEwma};
+pub use exposition::{LATENCY_BUCKETS, METRIC_NAMES, MetricsRegistry, OPENMETRICS_CONTENT_TYPE};
 pub use histogram::{
     BucketCounts, HISTOGRAM_HIGHEST, HISTOGRAM_LOWEST, HISTOGRAM_SIGFIG, HistogramSummary,
     LatencyHistogram,
