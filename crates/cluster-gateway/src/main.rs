@@ -1,0 +1,3 @@
+//! `mlx-cluster`: the gateway binary.
+
+fn main() {}
