@@ -98,6 +98,25 @@ pub enum FixtureError {
         log_tail: String,
     },
 
+    /// A request the fixture made to its server failed.
+    #[error("request to {url} failed: {source}")]
+    Http {
+        /// The URL.
+        url: String,
+        /// The client error.
+        #[source]
+        source: reqwest::Error,
+    },
+
+    /// The server answered something other than what the fixture expects.
+    #[error("unexpected answer from {url}: {detail}")]
+    Unexpected {
+        /// The URL.
+        url: String,
+        /// What was expected and what came.
+        detail: String,
+    },
+
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Client(#[source] reqwest::Error),

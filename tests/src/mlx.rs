@@ -15,7 +15,10 @@
 //!   `max_tokens` with `finish_reason: "length"`;
 //! - sending the same prompt twice gives `usage.prompt_tokens_details.
 //!   cached_tokens == prompt_tokens - 1` the second time (LRU of 10 prompt
-//!   caches per process; a restart empties it).
+//!   caches per process; a restart empties it);
+//! - [`MlxServer::break_generation`] turns it into a process that still
+//!   listens and lists its model but fails `/health` and every completion,
+//!   as a real mlx-lm bug does.
 //!
 //! The server runs with `HF_HUB_OFFLINE=1`, and `HF_HUB_CACHE` / `HF_HOME`
 //! in a per-server temporary directory (with a missing `HF_HUB_CACHE`
@@ -242,6 +245,8 @@ const PORT_ATTEMPTS: u32 = 3;
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Timeout of one readiness poll.
 const POLL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline of [`MlxServer::break_generation`].
+const BREAK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many log lines errors quote.
 const LOG_TAIL_LINES: usize = 40;
 
@@ -370,6 +375,62 @@ impl MlxServer {
     pub async fn restart(&mut self) -> Result<(), FixtureError> {
         self.kill().await?;
         self.spawn_and_wait().await
+    }
+
+    /// Makes the server's generation thread die while the process keeps
+    /// listening, using a real mlx-lm 0.32.2 bug: `POST /v1/completions`
+    /// with a list as `prompt`. Afterwards `GET /v1/models` still answers
+    /// 200, `GET /health` answers 503 `{"status": "unavailable"}`, and every
+    /// completion answers 404 `{"error": "generation thread died"}` until
+    /// [`Self::restart`]. Waits until `/health` says 503.
+    ///
+    /// # Errors
+    /// [`FixtureError::Http`] if a request fails, [`FixtureError::Unexpected`]
+    /// if `/health` still answers 200 afterwards (a fixed mlx-lm).
+    pub async fn break_generation(&self) -> Result<(), FixtureError> {
+        let url = format!("{}/v1/completions", self.base_url());
+        let body = serde_json::json!({"prompt": ["a", "b"], "max_tokens": 1});
+        // Depending on the prompt cache's state the poisoned request gets a
+        // 404 `generation thread died` or a 200 whose body is cut off: its
+        // outcome does not matter, only /health's afterwards.
+        let sent = self
+            .client
+            .post(&url)
+            .json(&body)
+            .timeout(BREAK_TIMEOUT)
+            .send()
+            .await;
+        if let Ok(response) = sent {
+            let _ = response.bytes().await;
+        }
+        let url = format!("{}/health", self.base_url());
+        let deadline = tokio::time::Instant::now() + BREAK_TIMEOUT;
+        loop {
+            let response = self
+                .client
+                .get(&url)
+                .timeout(POLL_TIMEOUT)
+                .send()
+                .await
+                .map_err(|source| FixtureError::Http {
+                    url: url.clone(),
+                    source,
+                })?;
+            let status = response.status();
+            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(FixtureError::Unexpected {
+                    url,
+                    detail: format!(
+                        "expected 503 after breaking the generation thread, still {status}; log:\n{}",
+                        self.log_tail()
+                    ),
+                });
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
     }
 
     async fn spawn_and_wait(&mut self) -> Result<(), FixtureError> {

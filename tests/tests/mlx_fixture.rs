@@ -127,3 +127,45 @@ async fn kill_refuses_connections_and_restart_reuses_the_port() {
     let answer = chat(&server, "after restart").await;
     assert_eq!(answer["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
 }
+
+#[tokio::test]
+async fn broken_generation_thread_keeps_listing_models_but_fails_health() {
+    let mut server = MlxServer::start(&fixture()).await.unwrap();
+    server.break_generation().await.unwrap();
+
+    let models = client()
+        .get(format!("{}/v1/models", server.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 200);
+    let health = client()
+        .get(format!("{}/health", server.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 503);
+    assert_eq!(
+        health.json::<Value>().await.unwrap(),
+        json!({"status": "unavailable"})
+    );
+    let completion = client()
+        .post(format!("{}/v1/chat/completions", server.base_url()))
+        .json(&json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(completion.status(), 404);
+    assert_eq!(
+        completion.json::<Value>().await.unwrap(),
+        json!({"error": "generation thread died"})
+    );
+
+    server.restart().await.unwrap();
+    let health = client()
+        .get(format!("{}/health", server.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
