@@ -27,6 +27,26 @@ const APT_PACKAGES: &[(&str, &str, &str)] = &[
         "real DNS server for SRV discovery tests",
     ),
     ("/usr/bin/git", "git", "tidy checks"),
+    (
+        "/usr/bin/promtool",
+        "prometheus",
+        "promtool checks the /metrics exposition",
+    ),
+    (
+        "/usr/sbin/nginx",
+        "nginx-light",
+        "reverse-proxy baseline in the proxy benchmark",
+    ),
+    (
+        "/usr/bin/wrk",
+        "wrk",
+        "load generator for the proxy benchmark",
+    ),
+    (
+        "/usr/bin/chromium",
+        "chromium",
+        "headless browser test of the dashboard",
+    ),
 ];
 
 /// What the tests read to find the fixtures.
