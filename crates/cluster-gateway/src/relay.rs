@@ -165,7 +165,10 @@ pin_project! {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Streaming,
-    /// The error event is out; the next poll ends the body.
+    /// The node's body is complete (its last frame is out) but the stream
+    /// lacked its end marker: the next poll sends the error event.
+    TruncatedPending,
+    /// Nothing more to send.
     Ended,
 }
 
@@ -216,6 +219,26 @@ fn failure_error(failure: RelayFailure, node: &str, timeout: Duration, detail: &
     }
 }
 
+/// Reports the end of the node's body to the sink. `true` when the body was
+/// a stream cut short (an error event must follow).
+fn body_complete<S: OutcomeSink>(sniffer: &mut Sniffer, sink: &mut SinkSlot<S>) -> bool {
+    let outcome = match std::mem::replace(sniffer, Sniffer::Opaque) {
+        Sniffer::Sse(s) if !s.saw_end() => {
+            *sniffer = Sniffer::Sse(s);
+            return true;
+        }
+        Sniffer::Sse(s) => RelayOutcome::Success(s.usage()),
+        Sniffer::Json(j) => match j.finish() {
+            JsonVerdict::Valid(usage) => RelayOutcome::Success(usage.unwrap_or_default()),
+            JsonVerdict::Unchecked => RelayOutcome::Success(Usage::default()),
+            JsonVerdict::Invalid => RelayOutcome::Failed(RelayFailure::Truncated),
+        },
+        Sniffer::Opaque => RelayOutcome::Success(Usage::default()),
+    };
+    sink.finish(outcome);
+    false
+}
+
 impl<B, S> Body for RelayBody<B, S>
 where
     B: Body<Data = Bytes>,
@@ -230,97 +253,80 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
         let mut this = self.project();
-        if *this.state == State::Ended {
-            return Poll::Ready(None);
-        }
-        let polled = this.inner.as_mut().poll_frame(cx);
-        let failure = match polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                this.idle
-                    .as_mut()
-                    .reset(Instant::now() + *this.idle_timeout);
-                if let Some(data) = frame.data_ref() {
-                    let first = match this.sniffer {
-                        Sniffer::Sse(s) => s.feed(data).first_data,
-                        Sniffer::Json(j) => {
-                            j.feed(data);
-                            !data.is_empty()
+        let (failure, detail) = match *this.state {
+            State::Ended => return Poll::Ready(None),
+            State::TruncatedPending => (RelayFailure::Truncated, String::new()),
+            State::Streaming => match this.inner.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let deadline = Instant::now() + *this.idle_timeout;
+                    this.idle.as_mut().reset(deadline);
+                    if let Some(data) = frame.data_ref() {
+                        let first = match this.sniffer {
+                            Sniffer::Sse(s) => s.feed(data).first_data,
+                            Sniffer::Json(j) => {
+                                j.feed(data);
+                                !data.is_empty()
+                            }
+                            Sniffer::Opaque => !data.is_empty(),
+                        };
+                        if first
+                            && !*this.first_byte_seen
+                            && let Some(sink) = this.sink.0.as_mut()
+                        {
+                            *this.first_byte_seen = true;
+                            sink.first_byte();
                         }
-                        Sniffer::Opaque => !data.is_empty(),
-                    };
-                    if first
-                        && !*this.first_byte_seen
-                        && let Some(sink) = this.sink.0.as_mut()
-                    {
-                        *this.first_byte_seen = true;
-                        sink.first_byte();
                     }
+                    // A body with a known length is complete with its last
+                    // frame; the server may never poll again after it.
+                    if this.inner.is_end_stream() {
+                        *this.state = if body_complete(this.sniffer, this.sink) {
+                            State::TruncatedPending
+                        } else {
+                            State::Ended
+                        };
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
                 }
-                return Poll::Ready(Some(Ok(frame)));
-            }
-            Poll::Ready(None) => match std::mem::replace(this.sniffer, Sniffer::Opaque) {
-                Sniffer::Sse(s) if !s.saw_end() => {
-                    let terminator = s.terminator();
-                    *this.sniffer = Sniffer::Sse(s);
-                    (RelayFailure::Truncated, terminator, String::new())
+                Poll::Ready(None) => {
+                    if !body_complete(this.sniffer, this.sink) {
+                        *this.state = State::Ended;
+                        return Poll::Ready(None);
+                    }
+                    (RelayFailure::Truncated, String::new())
                 }
-                Sniffer::Sse(s) => {
-                    this.sink.finish(RelayOutcome::Success(s.usage()));
-                    return Poll::Ready(None);
+                Poll::Ready(Some(Err(e))) => {
+                    let source: Box<dyn std::error::Error + Send + Sync> = e.into();
+                    if !matches!(this.sniffer, Sniffer::Sse(_)) {
+                        this.sink.finish(RelayOutcome::Failed(RelayFailure::Reset));
+                        *this.state = State::Ended;
+                        return Poll::Ready(Some(Err(RelayError::Upstream {
+                            node: this.node.clone(),
+                            source,
+                        })));
+                    }
+                    (RelayFailure::Reset, source.to_string())
                 }
-                Sniffer::Json(j) => {
-                    let outcome = match j.finish() {
-                        JsonVerdict::Valid(usage) => {
-                            RelayOutcome::Success(usage.unwrap_or_default())
-                        }
-                        JsonVerdict::Unchecked => RelayOutcome::Success(Usage::default()),
-                        JsonVerdict::Invalid => RelayOutcome::Failed(RelayFailure::Truncated),
-                    };
-                    this.sink.finish(outcome);
-                    return Poll::Ready(None);
-                }
-                Sniffer::Opaque => {
-                    this.sink.finish(RelayOutcome::Success(Usage::default()));
-                    return Poll::Ready(None);
+                Poll::Pending => {
+                    ready!(this.idle.as_mut().poll(cx));
+                    if !matches!(this.sniffer, Sniffer::Sse(_)) {
+                        this.sink
+                            .finish(RelayOutcome::Failed(RelayFailure::IdleTimeout));
+                        *this.state = State::Ended;
+                        return Poll::Ready(Some(Err(RelayError::Idle {
+                            node: this.node.clone(),
+                            timeout: *this.idle_timeout,
+                        })));
+                    }
+                    (RelayFailure::IdleTimeout, String::new())
                 }
             },
-            Poll::Ready(Some(Err(e))) => {
-                let source: Box<dyn std::error::Error + Send + Sync> = e.into();
-                let terminator = match this.sniffer {
-                    Sniffer::Sse(s) => s.terminator(),
-                    _ => b"",
-                };
-                let detail = source.to_string();
-                if !matches!(this.sniffer, Sniffer::Sse(_)) {
-                    this.sink.finish(RelayOutcome::Failed(RelayFailure::Reset));
-                    *this.state = State::Ended;
-                    return Poll::Ready(Some(Err(RelayError::Upstream {
-                        node: this.node.clone(),
-                        source,
-                    })));
-                }
-                (RelayFailure::Reset, terminator, detail)
-            }
-            Poll::Pending => {
-                ready!(this.idle.as_mut().poll(cx));
-                let terminator = match this.sniffer {
-                    Sniffer::Sse(s) => s.terminator(),
-                    _ => b"",
-                };
-                if !matches!(this.sniffer, Sniffer::Sse(_)) {
-                    this.sink
-                        .finish(RelayOutcome::Failed(RelayFailure::IdleTimeout));
-                    *this.state = State::Ended;
-                    return Poll::Ready(Some(Err(RelayError::Idle {
-                        node: this.node.clone(),
-                        timeout: *this.idle_timeout,
-                    })));
-                }
-                (RelayFailure::IdleTimeout, terminator, String::new())
-            }
         };
         // An event stream that failed: finish it with an error event.
-        let (failure, terminator, detail) = failure;
+        let terminator = match this.sniffer {
+            Sniffer::Sse(s) => s.terminator(),
+            _ => b"",
+        };
         this.sink.finish(RelayOutcome::Failed(failure));
         *this.state = State::Ended;
         let event = failure_error(failure, this.node, *this.idle_timeout, &detail).to_sse_event();

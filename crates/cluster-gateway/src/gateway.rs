@@ -1,0 +1,174 @@
+//! [`Gateway`]: the shared state of every handler, and its HTTP router.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use cluster_types::{ApiKey, ClusterConfig};
+
+use crate::backend::ClusterHandle;
+use crate::metrics::GatewayMetrics;
+use crate::upstream::{UpstreamClient, UpstreamSettings};
+use crate::{ops, proxy};
+
+/// What the request path needs from the configuration, resolved once.
+///
+/// [`GatewaySettings::from_config`] takes every value from the
+/// [`ClusterConfig`]; its defaults are the config's defaults: body limit
+/// 32 MiB, session header `x-session-id`, fingerprint blocks of 256 bytes,
+/// 2 retries 100 ms apart, idle timeout 60 s, connect timeout 2 s, first
+/// byte timeout 300 s, shutdown grace 30 s, no admin token.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// Largest request body accepted (`gateway.max_body_bytes`).
+    pub max_body_bytes: usize,
+    /// Header carrying the session key (`routing.session_header`).
+    pub session_header: String,
+    /// Fingerprint block size (`cache.fingerprint_block_bytes`).
+    pub fingerprint_block_bytes: u32,
+    /// Retries on other nodes before the first byte (`routing.max_retries`).
+    pub max_retries: u32,
+    /// Pause before a retry (`routing.retry_delay`).
+    pub retry_delay: Duration,
+    /// Longest gap between two frames of an answer (`gateway.idle_timeout`).
+    pub idle_timeout: Duration,
+    /// How long in-flight requests may finish on shutdown
+    /// (`gateway.shutdown_grace`).
+    pub shutdown_grace: Duration,
+    /// Bearer token of the admin endpoints (`gateway.admin_token`); `None`
+    /// disables them (403).
+    pub admin_token: Option<ApiKey>,
+    /// Node client settings (`gateway.connect_timeout`,
+    /// `gateway.first_byte_timeout`).
+    pub upstream: UpstreamSettings,
+}
+
+impl GatewaySettings {
+    /// Resolves the settings from a configuration.
+    #[must_use]
+    pub fn from_config(config: &ClusterConfig) -> Self {
+        let g = &config.gateway;
+        Self {
+            max_body_bytes: usize::try_from(g.max_body_bytes).unwrap_or(usize::MAX),
+            session_header: config.routing.session_header.to_ascii_lowercase(),
+            fingerprint_block_bytes: config.cache.fingerprint_block_bytes,
+            max_retries: config.routing.max_retries,
+            retry_delay: config.routing.retry_delay,
+            idle_timeout: g.idle_timeout,
+            shutdown_grace: g.shutdown_grace,
+            admin_token: g.admin_token.clone().filter(|t| !t.is_empty()),
+            upstream: UpstreamSettings {
+                connect_timeout: g.connect_timeout,
+                first_byte_timeout: g.first_byte_timeout,
+                ..UpstreamSettings::default()
+            },
+        }
+    }
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self::from_config(&ClusterConfig::default())
+    }
+}
+
+/// The gateway: the cluster handle, the node client, settings and counters.
+/// Shared by every handler behind an `Arc`.
+pub struct Gateway {
+    cluster: Box<dyn ClusterHandle>,
+    upstream: UpstreamClient,
+    settings: GatewaySettings,
+    metrics: GatewayMetrics,
+    shutting_down: AtomicBool,
+}
+
+impl Gateway {
+    /// A gateway over `cluster` (a started `cluster_facade::Cluster`, or a
+    /// bare `Router`) with `settings`. Must be called inside a Tokio runtime.
+    #[must_use]
+    pub fn new(cluster: impl ClusterHandle, settings: GatewaySettings) -> Arc<Self> {
+        Arc::new(Self {
+            upstream: UpstreamClient::new(settings.upstream),
+            cluster: Box::new(cluster),
+            settings,
+            metrics: GatewayMetrics::default(),
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    /// The HTTP routes:
+    ///
+    /// | route | what |
+    /// |---|---|
+    /// | `POST /v1/chat/completions`, `/v1/completions`, `/v1/messages` | proxied |
+    /// | `GET /v1/models` | union of the nodes' models |
+    /// | `GET /v1/cluster/status` | the cluster state (JSON) |
+    /// | `GET /metrics` | Prometheus text |
+    /// | `GET /healthz`, `/readyz` | liveness, readiness |
+    /// | `POST /admin/nodes/{id}/drain`, `/undrain`, `/admin/discovery/refresh` | admin (bearer token) |
+    /// | `GET /` | the dashboard |
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/chat/completions", post(proxy::chat_completions))
+            .route("/v1/completions", post(proxy::completions))
+            .route("/v1/messages", post(proxy::messages))
+            .route("/v1/models", get(ops::models))
+            .route("/v1/cluster/status", get(ops::status))
+            .route("/metrics", get(ops::metrics))
+            .route("/healthz", get(ops::healthz))
+            .route("/readyz", get(ops::readyz))
+            .route("/admin/nodes/{id}/drain", post(ops::drain))
+            .route("/admin/nodes/{id}/undrain", post(ops::undrain))
+            .route("/admin/discovery/refresh", post(ops::refresh_discovery))
+            .route("/", get(ops::dashboard))
+            .fallback(ops::not_found)
+            .with_state(Arc::clone(self))
+    }
+
+    /// The cluster.
+    #[must_use]
+    pub fn cluster(&self) -> &dyn ClusterHandle {
+        &*self.cluster
+    }
+
+    /// The node client.
+    #[must_use]
+    pub fn upstream(&self) -> &UpstreamClient {
+        &self.upstream
+    }
+
+    /// The resolved settings.
+    #[must_use]
+    pub fn settings(&self) -> &GatewaySettings {
+        &self.settings
+    }
+
+    /// The gateway's own counters.
+    #[must_use]
+    pub fn metrics(&self) -> &GatewayMetrics {
+        &self.metrics
+    }
+
+    /// Marks the gateway as shutting down: `/readyz` answers 503 from now on.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`begin_shutdown`](Self::begin_shutdown) was called.
+    #[must_use]
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("settings", &self.settings)
+            .field("metrics", &self.metrics)
+            .field("shutting_down", &self.is_shutting_down())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,286 @@
+//! Operations endpoints: status, models, metrics, health, admin, dashboard.
+//!
+//! Admin endpoints (`/admin/...`) require `Authorization: Bearer <token>`
+//! with `gateway.admin_token`: 401 without it or with a wrong token. When no
+//! token is configured they are disabled and answer 403. Everything else is
+//! unauthenticated (bind the gateway to a trusted interface).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::{Html, IntoResponse, Response};
+use cluster_facade::FacadeError;
+use cluster_types::NodeId;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde::Serialize;
+
+use crate::error::{ApiError, codes};
+use crate::gateway::Gateway;
+
+/// The dashboard page (static; it polls `/v1/cluster/status`).
+pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
+
+/// `GET /` — the dashboard.
+pub async fn dashboard() -> Response {
+    let mut response = Html(DASHBOARD_HTML).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// `GET /v1/cluster/status` — the facade's `ClusterState` as JSON (node API
+/// keys are serialized as `"<redacted>"`).
+pub async fn status(State(gw): State<Arc<Gateway>>) -> Response {
+    let mut response = Json(gw.cluster().status()).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[derive(Serialize)]
+struct ModelList {
+    object: &'static str,
+    data: Vec<ModelEntry>,
+}
+
+#[derive(Serialize)]
+struct ModelEntry {
+    id: String,
+    object: &'static str,
+    created: u64,
+    owned_by: &'static str,
+}
+
+/// `GET /v1/models` — the union of the models of every node, deduplicated
+/// and sorted, in OpenAI's list shape.
+pub async fn models(State(gw): State<Arc<Gateway>>) -> Json<impl Serialize> {
+    let data = gw
+        .cluster()
+        .models()
+        .into_iter()
+        .map(|id| ModelEntry {
+            id,
+            object: "model",
+            created: 0,
+            owned_by: "mlx-cluster",
+        })
+        .collect();
+    Json(ModelList {
+        object: "list",
+        data,
+    })
+}
+
+/// `GET /metrics` — the cluster's metrics followed by the gateway's own, in
+/// the Prometheus text format.
+pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+    let mut text = gw.cluster().encode_prometheus();
+    // An OpenMetrics terminator must stay last.
+    let eof = text.trim_end().ends_with("# EOF");
+    if eof {
+        let cut = text.trim_end().len() - "# EOF".len();
+        text.truncate(cut);
+    }
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    gw.metrics().encode(&mut text);
+    let content_type = if eof {
+        text.push_str("# EOF\n");
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    };
+    ([(header::CONTENT_TYPE, content_type)], text).into_response()
+}
+
+/// `GET /healthz` — 200 while the process serves HTTP.
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// `GET /readyz` — 200 when at least one node is routable and the gateway
+/// is not shutting down, else 503.
+pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
+    if gw.is_shutting_down() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            codes::SHUTTING_DOWN,
+            "the gateway is shutting down",
+        )
+        .into_response();
+    }
+    if gw.cluster().is_ready() {
+        "ready\n".into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            codes::NO_ROUTABLE_NODE,
+            "no routable node yet",
+        )
+        .into_response()
+    }
+}
+
+/// Fallback: 404 in the OpenAI error shape.
+pub async fn not_found(uri: http::Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {}", uri.path()))
+}
+
+/// Checks the admin bearer token (constant-time comparison).
+fn authorize(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = gw.settings().admin_token.as_ref() else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            codes::ADMIN_DISABLED,
+            "admin endpoints are disabled: set gateway.admin_token to enable them",
+        ));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(p) if constant_time_eq(p.as_bytes(), token.expose().as_bytes()) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            codes::UNAUTHORIZED,
+            "admin endpoints need `Authorization: Bearer <gateway.admin_token>`",
+        )),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn unauthorized_response(error: ApiError) -> Response {
+    let status = error.status;
+    let mut response = error.into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+#[derive(Serialize)]
+struct AdminResult {
+    ok: bool,
+    action: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
+}
+
+fn admin_error(error: &FacadeError, node: &NodeId) -> ApiError {
+    match error {
+        FacadeError::UnknownNode { .. } => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found_error",
+            codes::NODE_NOT_FOUND,
+            format!("no node {node}"),
+        ),
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+/// `POST /admin/nodes/{id}/drain` — takes the node out of rotation; its
+/// in-flight requests finish.
+pub async fn drain(
+    State(gw): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = authorize(&gw, &headers) {
+        return unauthorized_response(e);
+    }
+    let node = NodeId::from(id);
+    match gw.cluster().drain(&node) {
+        Ok(()) => {
+            tracing::info!(node = %node, "node drained by admin request");
+            Json(AdminResult {
+                ok: true,
+                action: "drain",
+                node: Some(node.into_string()),
+            })
+            .into_response()
+        }
+        Err(e) => admin_error(&e, &node).into_response(),
+    }
+}
+
+/// `POST /admin/nodes/{id}/undrain` — returns a drained node to rotation.
+pub async fn undrain(
+    State(gw): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = authorize(&gw, &headers) {
+        return unauthorized_response(e);
+    }
+    let node = NodeId::from(id);
+    match gw.cluster().undrain(&node) {
+        Ok(()) => {
+            tracing::info!(node = %node, "node undrained by admin request");
+            Json(AdminResult {
+                ok: true,
+                action: "undrain",
+                node: Some(node.into_string()),
+            })
+            .into_response()
+        }
+        Err(e) => admin_error(&e, &node).into_response(),
+    }
+}
+
+/// `POST /admin/discovery/refresh` — runs discovery now.
+pub async fn refresh_discovery(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&gw, &headers) {
+        return unauthorized_response(e);
+    }
+    match gw.cluster().refresh_discovery().await {
+        Ok(()) => Json(AdminResult {
+            ok: true,
+            action: "refresh_discovery",
+            node: None,
+        })
+        .into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            codes::INTERNAL,
+            format!("discovery refresh failed: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_works() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn dashboard_polls_the_status_api() {
+        assert!(DASHBOARD_HTML.contains("/v1/cluster/status"));
+        assert!(DASHBOARD_HTML.contains("data-node-id"));
+    }
+}

@@ -1,0 +1,374 @@
+//! The proxy endpoints: read the body once, route, forward, retry before the
+//! first byte, relay the answer.
+//!
+//! # Retries
+//! A request is retried on the next-best node (`select` again with the
+//! nodes already tried in [`RoutingContext::excluded`], so never the same
+//! node twice) when, before any byte of the answer reached the client,
+//!
+//! - the connection to the node failed or timed out (connect or first-byte
+//!   timeout), or
+//! - the node answered 5xx, or 429 (overloaded).
+//!
+//! At most `routing.max_retries` retries (default 2), each after
+//! `routing.retry_delay` (default 100 ms). An overloaded node's
+//! `Retry-After` is honoured per node: the facade keeps that node out of
+//! rotation until then (`RequestOutcome::Overloaded`). When no other node can
+//! take the request, the last node answer is passed to the client unchanged
+//! (status, `Retry-After`, body); when no node answered at all, the client
+//! gets a 502/504 in the OpenAI error shape naming the nodes tried.
+//!
+//! Once the answer's headers are on their way to the client the request is
+//! committed; a failure after that ends the stream with an SSE error event
+//! (see [`crate::relay`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use cluster_facade::{FacadeError, FailureKind, RequestGuard, RequestOutcome};
+use cluster_types::{NodeId, RoutingContext};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+
+use crate::error::{ApiError, codes};
+use crate::gateway::Gateway;
+use crate::metrics::RetryCause;
+use crate::relay::{NoSink, OutcomeSink, RelayBody, RelayFailure, RelayMode, RelayOutcome};
+use crate::request::{ApiKind, ParsedRequest};
+use crate::upstream::{UpstreamError, UpstreamRequest, clean_response_headers, retry_after};
+
+/// Response header naming the node that answered (node ids are not secret).
+pub const NODE_HEADER: HeaderName = HeaderName::from_static("x-mlx-cluster-node");
+
+/// Response header with how many nodes were tried (1 = no retry).
+pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-mlx-cluster-attempts");
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    handle(&gw, ApiKind::ChatCompletions, req).await
+}
+
+/// `POST /v1/completions`.
+pub async fn completions(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    handle(&gw, ApiKind::Completions, req).await
+}
+
+/// `POST /v1/messages`.
+pub async fn messages(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    handle(&gw, ApiKind::Messages, req).await
+}
+
+async fn handle(gw: &Arc<Gateway>, api: ApiKind, req: Request) -> Response {
+    let _in_flight = gw.metrics().begin();
+    let response = match proxy(gw, api, req).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    };
+    gw.metrics().response(api, response.status().as_u16());
+    response
+}
+
+/// Reads the whole request body, refusing more than `limit` bytes with 413.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::body_too_large(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::body_too_large(limit))
+        }
+        Err(e) => Err(ApiError::invalid_body(format!(
+            "cannot read the request body: {e}"
+        ))),
+    }
+}
+
+async fn proxy(gw: &Arc<Gateway>, api: ApiKind, req: Request) -> Result<Response, ApiError> {
+    let settings = gw.settings();
+    let (parts, body) = req.into_parts();
+    let body = read_body(&parts.headers, body, settings.max_body_bytes).await?;
+    let (ctx, stream) = {
+        let parsed = ParsedRequest::parse(api, &parts.headers, &settings.session_header, &body)?;
+        (
+            parsed.routing_context(settings.fingerprint_block_bytes),
+            parsed.stream,
+        )
+    };
+    forward(gw, api, &parts.headers, body, ctx, stream).await
+}
+
+/// The failure kept from the previous attempt, used when no attempt
+/// succeeds.
+enum LastFailure {
+    /// A node answered with a retryable status: passed through as is.
+    Answer(NodeId, Response<Incoming>),
+    /// No answer: turned into an [`ApiError`].
+    Error(ApiError),
+}
+
+async fn forward(
+    gw: &Arc<Gateway>,
+    api: ApiKind,
+    headers: &HeaderMap,
+    body: Bytes,
+    mut ctx: RoutingContext,
+    stream: bool,
+) -> Result<Response, ApiError> {
+    let settings = gw.settings();
+    let attempts = settings.max_retries.saturating_add(1);
+    let mut last: Option<LastFailure> = None;
+    for attempt in 0..attempts {
+        if attempt > 0 {
+            tokio::time::sleep(settings.retry_delay).await;
+        }
+        let selection = match gw.cluster().select(&ctx) {
+            Ok(selection) => selection,
+            Err(FacadeError::NoRoutableNode { model, nodes }) => {
+                if last.is_none() {
+                    gw.metrics().no_routable_node();
+                }
+                return Ok(match last {
+                    Some(last) => last_failure_response(last, attempt),
+                    None => no_routable_node(model.as_deref(), &nodes).into_response(),
+                });
+            }
+            Err(other) => return Err(ApiError::internal(other.to_string())),
+        };
+        let node_id = selection.target.node_id.clone();
+        let guard = selection.guard;
+        ctx.excluded.push(node_id.clone());
+        let sent = gw
+            .upstream()
+            .post(UpstreamRequest {
+                base_url: &selection.target.base_url,
+                path: api.path(),
+                api_key: selection.target.api_key.as_ref().map(|k| k.expose()),
+                client_headers: headers,
+                body: body.clone(),
+            })
+            .await;
+        match sent {
+            Ok(response) => {
+                let status = response.status();
+                let retryable = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+                if !retryable {
+                    tracing::debug!(node = %node_id, %status, stream, attempt, "forwarded");
+                    return Ok(relay(gw, response, node_id, attempt + 1, guard));
+                }
+                let overloaded = matches!(
+                    status,
+                    StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+                );
+                if overloaded {
+                    guard.finish(RequestOutcome::Overloaded {
+                        retry_after: retry_after(response.headers()),
+                    });
+                    gw.metrics().retry(RetryCause::Overloaded);
+                } else {
+                    guard.finish(RequestOutcome::Failed {
+                        kind: FailureKind::ServerError {
+                            status: status.as_u16(),
+                        },
+                    });
+                    gw.metrics().retry(RetryCause::ServerError);
+                }
+                tracing::warn!(node = %node_id, %status, attempt, "node answered {status}; trying another node");
+                last = Some(LastFailure::Answer(node_id, response));
+            }
+            Err(error) => {
+                let (kind, cause) = match &error {
+                    UpstreamError::Connect { .. } => (FailureKind::Connect, RetryCause::Connect),
+                    UpstreamError::Timeout { .. } => (FailureKind::Timeout, RetryCause::Timeout),
+                    _ => (FailureKind::Reset, RetryCause::Request),
+                };
+                guard.finish(RequestOutcome::Failed { kind });
+                gw.metrics().retry(cause);
+                tracing::warn!(node = %node_id, %error, attempt, "request failed before its first byte; trying another node");
+                last = Some(LastFailure::Error(upstream_error(&node_id, &error)));
+            }
+        }
+    }
+    Ok(match last {
+        Some(last) => last_failure_response(last, attempts),
+        None => ApiError::internal("no attempt was made").into_response(),
+    })
+}
+
+fn upstream_error(node: &NodeId, error: &UpstreamError) -> ApiError {
+    match error {
+        UpstreamError::Timeout { after, .. } => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "server_error",
+            codes::UPSTREAM_TIMEOUT,
+            format!("node {node} sent no response within {after:?}"),
+        ),
+        UpstreamError::Connect { .. } => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            codes::UPSTREAM_UNAVAILABLE,
+            format!("cannot connect to node {node}"),
+        ),
+        other => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            codes::UPSTREAM_UNAVAILABLE,
+            format!("request to node {node} failed: {}", error_chain(other)),
+        ),
+    }
+}
+
+/// An error and its sources, `: `-joined (hyper's top-level messages are
+/// terse).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn last_failure_response(last: LastFailure, attempts: u32) -> Response {
+    match last {
+        LastFailure::Answer(node, response) => {
+            let mut response = relay_parts(response, &node, |incoming, mode, node| {
+                RelayBody::new(incoming, mode, Duration::from_secs(60), node, NoSink)
+            });
+            response
+                .headers_mut()
+                .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+            response
+        }
+        LastFailure::Error(mut error) => {
+            if attempts > 1 {
+                error.message = format!("{} (after {attempts} attempts)", error.message);
+            }
+            error.into_response()
+        }
+    }
+}
+
+/// 503 with every node's state, so the client sees why.
+fn no_routable_node(
+    model: Option<&str>,
+    nodes: &[(NodeId, cluster_types::NodeStatus)],
+) -> ApiError {
+    let states = if nodes.is_empty() {
+        "no nodes are known".to_owned()
+    } else {
+        nodes
+            .iter()
+            .map(|(id, status)| format!("{id}: {status}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let what = match model {
+        Some(model) => format!("no healthy node serves model {model:?}"),
+        None => "no healthy node is available".to_owned(),
+    };
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        codes::NO_ROUTABLE_NODE,
+        format!("{what} (nodes: {states})"),
+    )
+    .with_retry_after(Some(Duration::from_secs(1)))
+}
+
+/// The facade's request guard as the relay's outcome sink.
+struct GuardSink {
+    guard: RequestGuard,
+    gateway: Arc<Gateway>,
+}
+
+impl OutcomeSink for GuardSink {
+    fn first_byte(&mut self) {
+        self.guard.first_byte();
+    }
+
+    fn finish(self, outcome: RelayOutcome) {
+        let outcome = match outcome {
+            RelayOutcome::Success(usage) => RequestOutcome::Success {
+                prompt_tokens: usage.prompt_tokens,
+                cached_tokens: usage.cached_tokens,
+                completion_tokens: usage.completion_tokens,
+            },
+            RelayOutcome::Failed(failure) => {
+                self.gateway.metrics().stream_failure(failure);
+                RequestOutcome::Failed {
+                    kind: match failure {
+                        RelayFailure::Reset => FailureKind::Reset,
+                        RelayFailure::IdleTimeout => FailureKind::Timeout,
+                        RelayFailure::Truncated => FailureKind::InvalidResponse,
+                    },
+                }
+            }
+            RelayOutcome::Cancelled => RequestOutcome::ClientCancelled,
+        };
+        self.guard.finish(outcome);
+    }
+}
+
+fn relay(
+    gw: &Arc<Gateway>,
+    response: Response<Incoming>,
+    node: NodeId,
+    attempts: u32,
+    guard: RequestGuard,
+) -> Response {
+    let idle = gw.settings().idle_timeout;
+    let sink = GuardSink {
+        guard,
+        gateway: Arc::clone(gw),
+    };
+    let mut response = relay_parts(response, &node, move |incoming, mode, node| {
+        RelayBody::new(incoming, mode, idle, node, sink)
+    });
+    if attempts > 1 {
+        response
+            .headers_mut()
+            .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+    }
+    response
+}
+
+fn relay_parts<S: OutcomeSink>(
+    response: Response<Incoming>,
+    node: &NodeId,
+    make: impl FnOnce(Incoming, RelayMode, String) -> RelayBody<Incoming, S>,
+) -> Response {
+    let (mut parts, incoming) = response.into_parts();
+    clean_response_headers(&mut parts.headers);
+    // Nodes may answer in HTTP/1.0 (mlx_lm.server); the client keeps the
+    // version it spoke.
+    parts.version = Version::HTTP_11;
+    let mode = RelayMode::for_response(
+        parts.status,
+        parts.headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes),
+    );
+    if mode == RelayMode::Sse {
+        // An error event may be appended; proxies in front must not buffer.
+        parts.headers.remove(CONTENT_LENGTH);
+        parts
+            .headers
+            .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    }
+    if let Ok(value) = HeaderValue::from_str(node.as_str()) {
+        parts.headers.insert(NODE_HEADER, value);
+    }
+    let body = make(incoming, mode, node.as_str().to_owned());
+    Response::from_parts(parts, Body::new(body))
+}

@@ -1,0 +1,107 @@
+//! Serving: the listener, graceful shutdown, signals and logging.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::serve::ListenerExt;
+use cluster_types::LogFormat;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+
+/// Binds `addr` (TCP, `SO_REUSEADDR` as Tokio sets it).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| GatewayError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+/// Serves `gateway` on `listener` until `shutdown` completes, then stops
+/// accepting connections, lets in-flight requests (streams included) finish
+/// for at most `gateway.shutdown_grace`, and returns. `/readyz` answers 503
+/// from the moment `shutdown` completes. Connections get `TCP_NODELAY`.
+///
+/// The cluster itself is not shut down here (the caller owns it).
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let app = gateway.router();
+    let grace = gateway.settings().shutdown_grace;
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let gw = Arc::clone(&gateway);
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        gw.begin_shutdown();
+        tracing::info!(
+            ?grace,
+            "shutting down: no new connections, draining in-flight requests"
+        );
+        let _ = signalled_tx.send(());
+    });
+    let server = std::pin::pin!(server.into_future());
+    let deadline = async move {
+        if signalled_rx.await.is_ok() {
+            tokio::time::sleep(grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = server => result.map_err(|source| GatewayError::Serve { source }),
+        () = deadline => {
+            tracing::warn!(?grace, "shutdown grace expired with requests still in flight; closing them");
+            Ok(())
+        }
+    }
+}
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("received Ctrl-C"),
+        () = term => tracing::info!("received SIGTERM"),
+    }
+}
+
+/// Installs the global tracing subscriber: human-readable lines or one JSON
+/// object per line on stderr, filtered by `RUST_LOG` (default `info`).
+/// Does nothing if a subscriber is already installed.
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        _ => builder.try_init(),
+    };
+}
