@@ -3,6 +3,9 @@
 //! - [`mlx`]: a real `mlx_lm.server` serving a tiny random-weight Llama model
 //!   on 127.0.0.1, from the Python venv and model directory that
 //!   `cargo xtask setup` caches under [`cache_dir()`].
+//! - [`dns`]: a real `dnsmasq` serving SRV and address records on 127.0.0.1.
+//! - [`k8s`]: a Kubernetes API server speaking EndpointSlice JSON (list,
+//!   chunked watch, bookmarks, 410 Gone) for the real kube client.
 //!
 //! A missing fixture is a test **failure** (an [`FixtureError`] whose message
 //! says to run `cargo xtask setup`), never a skip.
@@ -24,7 +27,9 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+pub mod dns;
 mod error;
+pub mod k8s;
 pub mod mlx;
 
 pub use error::FixtureError;

@@ -35,6 +35,7 @@ use hickory_resolver::config::{
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{Name, RData, Record};
 use hickory_resolver::{Resolver, TokioResolver};
 
@@ -270,7 +271,7 @@ impl DnsSource {
     fn lookup_error(&self, error: NetError) -> DiscoveryError {
         let name = self.name.to_ascii();
         if let NetError::Dns(DnsError::NoRecordsFound(no_records)) = &error {
-            let code = no_records.response_code.to_string();
+            let code = response_code_name(no_records.response_code);
             return if error.is_nx_domain() {
                 DiscoveryError::DnsNameNotFound { name, code }
             } else {
@@ -286,6 +287,20 @@ impl DnsSource {
             record_type: "SRV",
             source: Box::new(error),
         }
+    }
+}
+
+/// The RFC mnemonic of a response code (`NXDOMAIN`, `NOERROR`,
+/// `SERVFAIL`, ...).
+fn response_code_name(code: ResponseCode) -> String {
+    match code {
+        ResponseCode::NoError => "NOERROR".to_owned(),
+        ResponseCode::FormErr => "FORMERR".to_owned(),
+        ResponseCode::ServFail => "SERVFAIL".to_owned(),
+        ResponseCode::NXDomain => "NXDOMAIN".to_owned(),
+        ResponseCode::NotImp => "NOTIMP".to_owned(),
+        ResponseCode::Refused => "REFUSED".to_owned(),
+        other => format!("{other:?}").to_ascii_uppercase(),
     }
 }
 
@@ -433,6 +448,13 @@ mod tests {
                 .to_string()
                 .contains("min_refresh")
         );
+    }
+
+    #[test]
+    fn response_code_names() {
+        assert_eq!(response_code_name(ResponseCode::NXDomain), "NXDOMAIN");
+        assert_eq!(response_code_name(ResponseCode::NoError), "NOERROR");
+        assert_eq!(response_code_name(ResponseCode::Refused), "REFUSED");
     }
 
     #[tokio::test]
