@@ -207,6 +207,8 @@ struct ApiState {
     watchers: Vec<Watcher>,
     fail_with: Option<u16>,
     requests: Vec<ApiRequest>,
+    /// Watch streams opened so far (all time), for [`FakeApiServer::watches_opened`].
+    watches_opened: Option<tokio::sync::watch::Sender<usize>>,
 }
 
 type Shared = Arc<Mutex<ApiState>>;
@@ -241,9 +243,11 @@ impl FakeApiServer {
     pub async fn start() -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let (opened, _) = tokio::sync::watch::channel(0);
         let state: Shared = Arc::new(Mutex::new(ApiState {
             version: 1,
             compacted: 1,
+            watches_opened: Some(opened),
             ..ApiState::default()
         }));
         let ns_path = format!("/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/endpointslices");
@@ -376,6 +380,18 @@ impl FakeApiServer {
         let mut state = lock(&self.state);
         state.watchers.retain(|w| !w.events.is_closed());
         state.watchers.len()
+    }
+
+    /// Waits until `count` watch streams have been opened since the start
+    /// (a stream answered with 410 counts too).
+    pub async fn watches_opened(&self, count: usize) {
+        let receiver = lock(&self.state)
+            .watches_opened
+            .as_ref()
+            .map(tokio::sync::watch::Sender::subscribe);
+        if let Some(mut receiver) = receiver {
+            let _ = receiver.wait_for(|opened| *opened >= count).await;
+        }
     }
 
     /// The current resourceVersion.
@@ -629,6 +645,9 @@ async fn list_or_watch(
     }
 
     let (tx, rx) = mpsc::unbounded_channel();
+    if let Some(opened) = &state.watches_opened {
+        opened.send_modify(|n| *n += 1);
+    }
     let from = query.get("resourceVersion").map_or("", String::as_str);
     match from.parse::<u64>() {
         Ok(version) if version != 0 && version < state.compacted => {
