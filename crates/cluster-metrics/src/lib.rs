@@ -12,6 +12,8 @@
 //! | [`Ewma`], [`PeakEwma`] | time-decayed latency estimates; `cost = estimate × (pending + 1)` | a few float ops |
 //! | [`LatencyHistogram`] | p50 / p90 / p99 / max over 1 µs ..= 1 h | one short lock |
 //! | [`NodeCounters`], [`InFlightGuard`] | lock-free per-node counters, RAII in-flight | atomics |
+//! | [`aggregate_cluster_metrics`] | per-node snapshots → `cluster_types::ClusterMetrics` | O(nodes) |
+//! | [`MetricsRegistry`] | node set + OpenMetrics text via `prometheus-client` (names in `docs/metrics.md`) | read at scrape time |
 //!
 //! # Example
 //!

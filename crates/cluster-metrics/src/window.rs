@@ -207,8 +207,7 @@ impl RollingWindow {
     /// another's) has age zero and counts. O(max_samples), no allocation.
     #[must_use]
     pub fn snapshot(&self, now: Instant) -> WindowSnapshot {
-        let len = self.samples.len();
-        if len == 0 {
+        if self.samples.is_empty() {
             return WindowSnapshot::EMPTY;
         }
         let mut total: usize = 0;
@@ -220,17 +219,17 @@ impl RollingWindow {
         let mut run_len: u32 = 0;
         let mut run_open = true;
 
-        // Newest first: the newest sample sits just before `next` once the
-        // buffer has wrapped, and at the end before that.
-        let newest = if len < self.max_samples {
-            len - 1
-        } else {
-            (self.next + len - 1) % len
-        };
-        for step in 0..len {
-            let idx = (newest + len - step) % len;
-            let sample = &self.samples[idx];
-            if now.saturating_duration_since(sample.at) >= self.window {
+        // A sample counts iff its age is below the window, i.e. iff it is
+        // later than `now - window` (comparing instants avoids building a
+        // Duration per sample). If `now - window` is not representable,
+        // every sample counts.
+        let cutoff = now.checked_sub(self.window);
+        // Newest first: once the buffer has wrapped, the newest samples are
+        // `samples[..next]` (newest at `next - 1`), then `samples[next..]`;
+        // before that `next` is 0 and the order is just reversed.
+        let (recent, earlier) = self.samples.split_at(self.next);
+        for sample in recent.iter().rev().chain(earlier.iter().rev()) {
+            if cutoff.is_some_and(|c| sample.at <= c) {
                 continue;
             }
             total += 1;
