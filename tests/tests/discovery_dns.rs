@@ -359,3 +359,27 @@ async fn a_target_that_is_not_an_inference_server_is_not_announced() {
     );
     discovery.stop().await;
 }
+
+#[tokio::test]
+async fn an_srv_record_can_point_at_a_real_mlx_server() {
+    let fixture = cluster_tests::mlx::MlxFixture::locate().unwrap_or_else(|e| panic!("{e}"));
+    let mlx = cluster_tests::mlx::MlxServer::start(&fixture)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dns = Dnsmasq::start(zone(&[("studio", mlx.port(), 0, 0)]))
+        .await
+        .unwrap();
+    let discovery = discovery(&dns);
+    let report = discovery.start().await.unwrap();
+    let id = format!("studio.cluster.test:{}", mlx.port());
+    assert_eq!(
+        report.discovered.len(),
+        1,
+        "{report:?}\nlog:\n{}",
+        mlx.log_tail()
+    );
+    let node = discovery.node(&id).unwrap();
+    assert_eq!(node.url(), mlx.base_url());
+    assert_eq!(node.models, [fixture.model_id()]);
+    discovery.stop().await;
+}
