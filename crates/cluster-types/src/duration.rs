@@ -6,7 +6,7 @@
 //! `"0"` alone means zero. When deserializing, a plain non-negative integer
 //! is also accepted and means **milliseconds** (`5000` = `"5s"`).
 //!
-//! [`format`] writes the shortest exact string: it considers every
+//! [`format()`] writes the shortest exact string: it considers every
 //! single-unit form that is exact (`"90s"`) and the mixed form (`"1m30s"`),
 //! and picks the shortest (ties go to the larger leading unit). Zero is
 //! `"0s"`. `parse(&format(d)) == Ok(d)` for every [`Duration`] that fits in
@@ -95,7 +95,7 @@ const MAX_NANOS: u128 = (u64::MAX as u128) * 1_000_000_000 + 999_999_999;
 /// Parses a duration such as `"5s"`, `"250ms"`, `"1m30s"`, `"2h"` or `"0"`.
 ///
 /// Leading and trailing whitespace is ignored. Components may repeat or come
-/// in any order (`"30s1m"` is 90 s); [`format`] always writes them largest
+/// in any order (`"30s1m"` is 90 s); [`format()`] always writes them largest
 /// first.
 ///
 /// # Errors
@@ -198,7 +198,7 @@ pub fn format(d: Duration) -> String {
     best.unwrap_or_else(|| "0s".to_owned())
 }
 
-/// Serde `serialize_with` helper: writes [`format`]`(d)`.
+/// Serde `serialize_with` helper: writes [`format(d)`](format()).
 ///
 /// # Errors
 /// Whatever the serializer returns.
@@ -250,7 +250,7 @@ impl Visitor<'_> for DurationVisitor {
 /// Serde helpers for `Option<Duration>` (`#[serde(with =
 /// "cluster_types::duration::option", default)]`): `None` is written as
 /// `null` (or skipped with `skip_serializing_if`), `Some(d)` as
-/// [`format`]`(d)`; `null` reads as `None`.
+/// [`format(d)`](format()); `null` reads as `None`.
 pub mod option {
     use super::{Deserializer, Duration, Serializer};
     use serde::Deserialize;

@@ -17,15 +17,25 @@
 //! # Blocks and hashes
 //! The stream is cut into fixed-size blocks of `block_bytes` bytes (default
 //! [`DEFAULT_BLOCK_BYTES`] = 256, about 64 tokens of English). Block `i`
-//! hashes to `h_i = xxh64(block_i, seed = h_{i-1})` with `h_{-1} =
-//! block_bytes`, so `h_i` depends on the whole stream up to the end of block
-//! `i`. Two prompts therefore share their first `k` hashes exactly when their
-//! streams share the first `k` blocks (up to 64-bit collisions), and
-//! fingerprints built with different block sizes never match. A trailing
-//! partial block is hashed too (so short prompts still have a fingerprint);
-//! it only matches an identical tail.
+//! has the chained hash
 //!
-//! The hash is XXH64 (xxHash, 64-bit variant, as specified at
+//! ```text
+//! h_i = chain(h_{i-1}, xxh64(block_i, seed 0)),   h_{-1} = block_bytes
+//! chain(p, b) = avalanche(rotl((p + b * P2), 31) * P1)
+//! ```
+//!
+//! where `P1`, `P2` and `avalanche` are XXH64's primes and final mix (all
+//! arithmetic wrapping mod 2^64). So `h_i` depends on the whole stream up to
+//! the end of block `i`; for a fixed `h_{i-1}`, `chain` is a bijection of the
+//! block hash, so it adds no collisions. Two prompts therefore share their
+//! first `k` hashes exactly when their streams share the first `k` blocks (up
+//! to 64-bit collisions), and fingerprints built with different block sizes
+//! never match. Blocks are hashed independently and only the cheap `chain`
+//! step is sequential, so the CPU overlaps the work of consecutive blocks. A
+//! trailing partial block is hashed too (so short prompts still have a
+//! fingerprint); it only matches an identical tail.
+//!
+//! The block hash is XXH64 (xxHash, 64-bit variant, as specified at
 //! <https://github.com/Cyan4973/xxHash/blob/dev/doc/xxhash_spec.md>),
 //! implemented here in safe Rust. It is deterministic across processes,
 //! machines and versions of this crate; replicas of the gateway compute the
@@ -72,6 +82,15 @@ fn read_u64(b: &[u8]) -> u64 {
     u64::from_le_bytes(w)
 }
 
+/// Little-endian word `i` (0..4) of a 32-byte stripe; fixed-size, so no
+/// bounds checks survive inlining.
+#[inline(always)]
+fn lane(stripe: &[u8; 32], i: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&stripe[i * 8..i * 8 + 8]);
+    u64::from_le_bytes(w)
+}
+
 #[inline(always)]
 fn read_u32(b: &[u8]) -> u32 {
     let mut w = [0u8; 4];
@@ -91,6 +110,21 @@ fn merge_round(acc: u64, val: u64) -> u64 {
     (acc ^ round(0, val)).wrapping_mul(P1).wrapping_add(P4)
 }
 
+#[inline(always)]
+fn avalanche(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(P2);
+    h ^= h >> 29;
+    h = h.wrapping_mul(P3);
+    h ^ (h >> 32)
+}
+
+/// The sequential step of the fingerprint chain (see the module docs).
+#[inline(always)]
+fn chain(prev: u64, block_hash: u64) -> u64 {
+    avalanche(round(prev, block_hash))
+}
+
 /// XXH64 of `data` with `seed`: the stable, non-cryptographic 64-bit hash
 /// used for fingerprints. Also usable for other stable hashes (system prompt,
 /// tool list, rendezvous hashing): the value never changes between runs,
@@ -108,14 +142,14 @@ pub fn xxh64(data: &[u8], seed: u64) -> u64 {
         let mut v2 = seed.wrapping_add(P2);
         let mut v3 = seed;
         let mut v4 = seed.wrapping_sub(P1);
-        let mut stripes = data.chunks_exact(32);
-        for s in &mut stripes {
-            v1 = round(v1, read_u64(&s[0..]));
-            v2 = round(v2, read_u64(&s[8..]));
-            v3 = round(v3, read_u64(&s[16..]));
-            v4 = round(v4, read_u64(&s[24..]));
+        let (stripes, tail) = data.as_chunks::<32>();
+        for s in stripes {
+            v1 = round(v1, lane(s, 0));
+            v2 = round(v2, lane(s, 1));
+            v3 = round(v3, lane(s, 2));
+            v4 = round(v4, lane(s, 3));
         }
-        rest = stripes.remainder();
+        rest = tail;
         let mut h = v1
             .rotate_left(1)
             .wrapping_add(v2.rotate_left(7))
@@ -143,11 +177,7 @@ pub fn xxh64(data: &[u8], seed: u64) -> u64 {
         h ^= u64::from(b).wrapping_mul(P5);
         h = h.rotate_left(11).wrapping_mul(P1);
     }
-    h ^= h >> 33;
-    h = h.wrapping_mul(P2);
-    h ^= h >> 29;
-    h = h.wrapping_mul(P3);
-    h ^ (h >> 32)
+    avalanche(h)
 }
 
 /// Kind of a prompt segment fed to [`PrefixFingerprintBuilder::push_segment`].
@@ -332,7 +362,7 @@ impl PrefixFingerprintBuilder {
 
     #[inline]
     fn emit(&mut self, block: &[u8]) {
-        self.prev = xxh64(block, self.prev);
+        self.prev = chain(self.prev, xxh64(block, 0));
         self.blocks.push(self.prev);
     }
 
@@ -466,7 +496,7 @@ mod tests {
         stream
             .chunks(block)
             .map(|c| {
-                prev = xxh64(c, prev);
+                prev = chain(prev, xxh64(c, 0));
                 prev
             })
             .collect()
