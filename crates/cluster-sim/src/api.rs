@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::tokenizer::{ChatTokens, MessageText, content_to_text, tokenize_chat};
 
@@ -13,6 +14,41 @@ pub const DEFAULT_MODEL: &str = "default_model";
 
 fn default_model() -> String {
     DEFAULT_MODEL.to_owned()
+}
+
+/// A JSON value kept as the exact text that was received (no parsing into
+/// a tree, no re-serialization). Equality compares the text.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(Box<RawValue>);
+
+impl RawJson {
+    /// The JSON text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Serializes `value` once.
+    ///
+    /// # Errors
+    /// The serializer's error (only for maps with non-string keys).
+    pub fn from_value(value: &Value) -> Result<Self, serde_json::Error> {
+        RawValue::from_string(value.to_string()).map(Self)
+    }
+
+    /// Whether the JSON is an empty array or null.
+    #[must_use]
+    pub fn is_empty_or_null(&self) -> bool {
+        let t = self.as_str().trim();
+        t == "null" || (t.starts_with('[') && t[1..].trim_start().starts_with(']'))
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
 }
 
 /// `stream_options` of a request.
@@ -61,9 +97,10 @@ pub struct ChatRequest {
     pub model: String,
     /// The conversation.
     pub messages: Vec<ChatMessage>,
-    /// Tool definitions. Default none.
+    /// Tool definitions, as the JSON text received (the simulator tokenizes
+    /// that text). Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tools: Option<Vec<Value>>,
+    pub tools: Option<RawJson>,
     /// Output token limit (takes precedence over `max_tokens`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_completion_tokens: Option<u32>,
@@ -104,9 +141,9 @@ impl ChatRequest {
         let tools = self
             .tools
             .as_ref()
-            .filter(|t| !t.is_empty())
-            .map(|t| Value::Array(t.clone()).to_string());
-        tokenize_chat(&texts, tools.as_deref())
+            .filter(|t| !t.is_empty_or_null())
+            .map(RawJson::as_str);
+        tokenize_chat(&texts, tools)
     }
 
     /// The requested output limit, if any.

@@ -57,10 +57,6 @@ enum Command {
 
 #[derive(Debug, Clone, Args)]
 struct NodeOptions {
-    /// Simulated seconds per real second (100 runs 100 minutes of traffic in
-    /// one minute).
-    #[arg(long, default_value_t = 1.0)]
-    time_scale: f64,
     /// Model id served at /v1/models.
     #[arg(long, default_value = "mlx-community/Qwen3-30B-A3B-4bit")]
     model_id: String,
@@ -98,13 +94,14 @@ struct NodeOptions {
     /// garbage_rate, fail_health. Change at run time with POST /admin/faults.
     #[arg(long)]
     faults: Option<String>,
-    /// Seed of fault draws and response ids.
+    /// Seed of fault draws and response ids (node i of a fleet uses
+    /// node-seed + i).
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    node_seed: u64,
 }
 
 impl NodeOptions {
-    fn to_config(&self) -> Result<SimNodeConfig, String> {
+    fn to_config(&self, time_scale: f64) -> Result<SimNodeConfig, String> {
         let faults = match &self.faults {
             Some(json) => {
                 serde_json::from_str::<FaultConfig>(json).map_err(|e| format!("--faults: {e}"))?
@@ -113,7 +110,7 @@ impl NodeOptions {
         };
         Ok(SimNodeConfig {
             model_id: self.model_id.clone(),
-            time_scale: self.time_scale,
+            time_scale,
             model: NodeModelConfig {
                 prefill_tokens_per_second: self.prefill_tps,
                 decode_tokens_per_second: self.decode_tps,
@@ -124,7 +121,7 @@ impl NodeOptions {
                 ..NodeModelConfig::default()
             },
             faults,
-            seed: self.seed,
+            seed: self.node_seed,
             keep_alive: !self.no_keep_alive,
             default_max_tokens: self.default_max_tokens,
             ..SimNodeConfig::default()
@@ -147,6 +144,10 @@ struct NodeArgs {
     /// other option. Used by `fleet --processes`.
     #[arg(long)]
     config_json: Option<String>,
+    /// Simulated seconds per real second (100 runs 100 minutes of traffic in
+    /// one minute).
+    #[arg(long, default_value_t = 1.0)]
+    time_scale: f64,
     #[command(flatten)]
     node: NodeOptions,
 }
@@ -167,6 +168,10 @@ struct FleetArgs {
     /// Run each node as its own `cluster-sim node` process.
     #[arg(long)]
     processes: bool,
+    /// Simulated seconds per real second (100 runs 100 minutes of traffic in
+    /// one minute).
+    #[arg(long, default_value_t = 1.0)]
+    time_scale: f64,
     #[command(flatten)]
     node: NodeOptions,
 }
@@ -468,7 +473,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 None => SimNodeConfig {
                     id: args.id.clone(),
                     bind: SocketAddr::new(args.host, args.port),
-                    ..args.node.to_config()?
+                    ..args.node.to_config(args.time_scale)?
                 },
             };
             let node = SimNode::start(config).await.map_err(err)?;
@@ -478,7 +483,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Fleet(args) => {
-            let base = args.node.to_config()?;
+            let base = args.node.to_config(args.time_scale)?;
             let config =
                 FleetConfig::heterogeneous(args.nodes, &base, &args.speeds, &args.cache_sizes);
             if args.processes {
@@ -529,8 +534,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             finish_report(&report, &args.replay)
         }
         Command::Bench(args) => {
-            let mut base = args.node.to_config()?;
-            base.time_scale = args.replay.time_scale;
+            let base = args.node.to_config(args.replay.time_scale)?;
             let fleet = Fleet::start(FleetConfig::uniform(args.nodes, &base))
                 .await
                 .map_err(err)?;
@@ -553,7 +557,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 Some(path) => Trace::read_file(path).map_err(err)?,
                 None => args.workload.to_config().generate().map_err(err)?,
             };
-            let node = args.node.to_config()?.model;
+            let node = args.node.to_config(1.0)?.model;
             for router in &args.routers {
                 let mut strategy: Box<dyn SimRouter> = match router {
                     RouterArg::RoundRobin => Box::new(RoundRobinRouter::default()),
@@ -586,4 +590,16 @@ fn finish_report(report: &ReplayReport, options: &ReplayOptions) -> Result<(), S
         std::fs::write(path, out).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

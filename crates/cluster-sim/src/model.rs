@@ -480,12 +480,14 @@ impl NodeModel {
         while self.outstanding.front().is_some_and(|s| s.finish <= now) {
             self.outstanding.pop_front();
         }
-        if let Some(max_queue) = self.config.max_queue {
+        let next_slot = self.slot_free.peek().map_or(Duration::ZERO, |r| r.0);
+        if let Some(max_queue) = self.config.max_queue
+            && next_slot > now
+        {
             let queued = self.outstanding.iter().filter(|s| s.started > now).count();
             if queued >= max_queue {
                 self.totals.rejected += 1;
-                let slot = self.slot_free.peek().map_or(now, |r| r.0);
-                let retry_after = slot.saturating_sub(now).max(Duration::from_secs(1));
+                let retry_after = next_slot.saturating_sub(now).max(Duration::from_secs(1));
                 return Err(QueueFull {
                     queued,
                     retry_after,
@@ -780,6 +782,21 @@ mod tests {
             (idle.running, idle.queued, idle.wait),
             (0, 0, Duration::ZERO)
         );
+    }
+
+    #[test]
+    fn zero_queue_admits_while_a_slot_is_free() {
+        let mut node = NodeModel::new(NodeModelConfig {
+            max_concurrency: 1,
+            max_queue: Some(0),
+            ..NodeModelConfig::default()
+        });
+        let r = SimRequest::from_text("hello", 10);
+        let a = node
+            .admit(Duration::ZERO, &r)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(node.admit(Duration::ZERO, &r).is_err());
+        assert!(node.admit(a.finish, &r).is_ok());
     }
 
     #[test]

@@ -134,8 +134,15 @@ struct FaultState {
     rng: StdRng,
 }
 
+struct StopRequest {
+    /// How long open connections live on after the listener is closed.
+    grace: Duration,
+    /// Told once the listener is closed.
+    closed: oneshot::Sender<()>,
+}
+
 struct ServerHandle {
-    stop: oneshot::Sender<()>,
+    stop: oneshot::Sender<StopRequest>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -195,17 +202,22 @@ impl NodeState {
             stopped,
             self.config.keep_alive,
         ));
-        let old = lock(&self.server).replace(ServerHandle { stop, task });
-        if let Some(old) = old {
-            let _ = old.stop.send(());
-        }
+        // Dropping a previous handle's sender stops its loop.
+        drop(lock(&self.server).replace(ServerHandle { stop, task }));
     }
 
-    async fn stop_listening(&self) {
+    /// Closes the listener (new connections are refused once this returns)
+    /// and drops every open connection after `grace`; with no grace, waits
+    /// until they are gone.
+    async fn stop_listening(&self, grace: Duration) {
         let handle = lock(&self.server).take();
         if let Some(handle) = handle {
-            let _ = handle.stop.send(());
-            let _ = handle.task.await;
+            let (closed, is_closed) = oneshot::channel();
+            let _ = handle.stop.send(StopRequest { grace, closed });
+            let _ = is_closed.await;
+            if grace.is_zero() {
+                let _ = handle.task.await;
+            }
         }
     }
 
@@ -228,13 +240,13 @@ impl NodeState {
 async fn accept_loop(
     listener: TcpListener,
     router: Router,
-    mut stop: oneshot::Receiver<()>,
+    mut stop: oneshot::Receiver<StopRequest>,
     keep_alive: bool,
 ) {
     let mut connections = JoinSet::new();
-    loop {
+    let request = loop {
         tokio::select! {
-            _ = &mut stop => break,
+            request = &mut stop => break request.ok(),
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
@@ -253,8 +265,15 @@ async fn accept_loop(
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
+    };
+    drop(listener);
+    if let Some(request) = request {
+        let _ = request.closed.send(());
+        if !request.grace.is_zero() {
+            tokio::time::sleep(request.grace).await;
+        }
     }
-    // Dropping the set aborts every connection: a crash, not a drain.
+    // Abort every connection: a crash, not a drain.
     connections.abort_all();
 }
 
@@ -368,7 +387,7 @@ impl SimNode {
     /// Stops listening and drops every open connection, like a crashed
     /// process. Returns once the port is closed.
     pub async fn crash(&self) {
-        self.state.stop_listening().await;
+        self.state.stop_listening(Duration::ZERO).await;
     }
 
     /// Listens again on the same port after [`SimNode::crash`], with an
@@ -411,15 +430,14 @@ impl SimNode {
 
     /// Stops the server and waits for it.
     pub async fn shutdown(self) {
-        self.state.stop_listening().await;
+        self.state.stop_listening(Duration::ZERO).await;
     }
 }
 
 impl Drop for SimNode {
     fn drop(&mut self) {
-        if let Some(handle) = lock(&self.state.server).take() {
-            let _ = handle.stop.send(());
-        }
+        // Dropping the stop sender ends the accept loop.
+        drop(lock(&self.state.server).take());
     }
 }
 
@@ -678,6 +696,9 @@ async fn delete_faults(State(state): State<Arc<NodeState>>) -> Response {
     json_response(StatusCode::OK, &faults)
 }
 
+/// Real time open connections survive a `POST /admin/crash`: 50 ms.
+const CRASH_GRACE: Duration = Duration::from_millis(50);
+
 /// Body of `POST /admin/crash`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -713,19 +734,19 @@ async fn admin_crash(State(state): State<Arc<NodeState>>, body: Bytes) -> Respon
             );
         }
     };
-    let node = Arc::clone(&state);
-    tokio::spawn(async move {
-        // Let this answer leave before the connection is dropped.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        node.stop_listening().await;
-        tracing::warn!(id = %node.config.id, "simulated crash");
-        if let Some(delay) = restart {
-            tokio::time::sleep(delay).await;
+    // New connections are refused from here on; open ones (this one too)
+    // are dropped after the grace, which lets this answer leave.
+    state.stop_listening(CRASH_GRACE).await;
+    tracing::warn!(id = %state.config.id, "simulated crash");
+    if let Some(delay) = restart {
+        let node = Arc::clone(&state);
+        tokio::spawn(async move {
+            tokio::time::sleep(CRASH_GRACE + delay).await;
             if let Err(error) = node.restart().await {
                 tracing::error!(%error, "simulated restart failed");
             }
-        }
-    });
+        });
+    }
     (
         StatusCode::ACCEPTED,
         [(
@@ -1047,13 +1068,13 @@ async fn full_response(plan: ResponsePlan) -> Response {
     if plan.action == FaultAction::Close {
         let len = body.len();
         let half = Bytes::from(body).slice(..len / 2);
-        let parts: Vec<Result<Bytes, std::io::Error>> = vec![Ok(half), Err(closed_mid_response())];
-        let mut response = (
-            StatusCode::OK,
-            headers,
-            Body::from_stream(futures::stream::iter(parts)),
-        )
-            .into_response();
+        // Let the headers and the first half leave before the connection drops.
+        let cut = futures::stream::once(async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Err(closed_mid_response())
+        });
+        let parts = futures::stream::iter([Ok::<_, std::io::Error>(half)]).chain(cut);
+        let mut response = (StatusCode::OK, headers, Body::from_stream(parts)).into_response();
         if let Ok(value) = HeaderValue::from_str(&len.to_string()) {
             response.headers_mut().insert(header::CONTENT_LENGTH, value);
         }
@@ -1074,6 +1095,7 @@ struct StreamState {
     plan: ResponsePlan,
     phase: Phase,
     interval: Duration,
+    next_chunk: Option<Instant>,
     close_after: Option<usize>,
 }
 
@@ -1127,7 +1149,8 @@ impl StreamState {
                         .body(true, None, Some(self.plan.finish_reason()), None);
                     return Some(Ok(sse_data(&body)));
                 }
-                tokio::time::sleep_until(state.real_at(a.token_time(next))).await;
+                let due = state.real_at(a.token_time(next));
+                tokio::time::sleep_until(self.next_chunk.map_or(due, |n| n.max(due))).await;
                 if self.plan.action == FaultAction::Garbage {
                     self.phase = Phase::Done;
                     return Some(Ok(sse_data(GARBAGE.as_bytes())));
@@ -1142,10 +1165,8 @@ impl StreamState {
                 let body = self
                     .plan
                     .body(true, Some(self.plan.reply_slice(next, end)), None, None);
-                let wake = now + self.interval;
-                if end < limit && state.real_at(a.token_time(end)) < wake {
-                    tokio::time::sleep_until(wake).await;
-                }
+                // Tokens due before the next chunk may go out join it.
+                self.next_chunk = Some(now + self.interval);
                 Some(Ok(sse_data(&body)))
             }
             Phase::Usage => {
@@ -1170,6 +1191,7 @@ fn stream_response(plan: ResponsePlan) -> Response {
         plan,
         phase: Phase::Prefill { next: 0 },
         interval,
+        next_chunk: None,
         close_after,
     };
     let stream = futures::stream::unfold(state, |mut s| async move {

@@ -48,15 +48,9 @@ pub fn token_count(text: &str) -> usize {
 /// Appends the tokens of `text` to `out`: one token per 4-byte chunk, the
 /// last chunk zero-padded.
 pub fn tokenize_text(text: &str, out: &mut Vec<Token>) {
-    let bytes = text.as_bytes();
-    out.reserve(token_count(text));
-    let mut chunks = bytes.chunks_exact(BYTES_PER_TOKEN);
-    for chunk in &mut chunks {
-        out.push(Token::from_le_bytes([
-            chunk[0], chunk[1], chunk[2], chunk[3],
-        ]));
-    }
-    let rest = chunks.remainder();
+    let (chunks, rest) = text.as_bytes().as_chunks::<BYTES_PER_TOKEN>();
+    out.reserve(chunks.len() + 1);
+    out.extend(chunks.iter().map(|c| Token::from_le_bytes(*c)));
     if !rest.is_empty() {
         let mut buf = [0u8; BYTES_PER_TOKEN];
         buf[..rest.len()].copy_from_slice(rest);

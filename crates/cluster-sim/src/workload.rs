@@ -24,19 +24,20 @@
 //! plus reply) is an exact prefix of turn `t + 1`, as with a real server that
 //! is sent its own answers back.
 
+use std::collections::HashMap;
 use std::io::{BufRead, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::api::{ChatMessage, ChatRequest, DEFAULT_MODEL, StreamOptions};
+use crate::api::{ChatMessage, ChatRequest, DEFAULT_MODEL, RawJson, StreamOptions};
 use crate::error::SimError;
 use crate::model::NodeModelConfig;
 use crate::tokenizer::{
-    MessageText, output_seed, output_seed_for_last_message, output_text, splitmix64, tokenize_chat,
+    MessageText, output_seed, output_seed_for_last_message, output_text, splitmix64,
 };
 
 /// Trace format version written by this crate: 1.
@@ -564,12 +565,26 @@ impl Trace {
 }
 
 /// Turns compact [`TraceRequest`]s back into full chat requests (see the
-/// module docs). Shared prompts are generated once and reused.
-#[derive(Debug, Clone)]
+/// module docs). Shared prompts are generated once; [`Expander::body`] also
+/// keeps each session's serialized history, so producing turn `t + 1` only
+/// generates and serializes the new messages (memory: one serialized
+/// conversation per session seen).
+#[derive(Debug)]
 pub struct Expander {
     header: TraceHeader,
     system: Vec<Arc<str>>,
-    tools: Vec<Arc<Vec<Value>>>,
+    system_json: Vec<String>,
+    tools: Vec<Option<RawJson>>,
+    sessions: Mutex<HashMap<u32, SessionJson>>,
+}
+
+#[derive(Debug, Default)]
+struct SessionJson {
+    prompt: u32,
+    /// Complete user + assistant pairs serialized in `json`.
+    pairs: usize,
+    /// `,{user},{assistant}` for every pair.
+    json: String,
 }
 
 fn text_seed(seed: u64, parts: &[u64]) -> u64 {
@@ -582,11 +597,16 @@ const TAG_SYSTEM: u64 = 1;
 const TAG_TOOL: u64 = 2;
 const TAG_USER: u64 = 3;
 
+fn message_json(role: &str, content: String) -> String {
+    serde_json::to_string(&ChatMessage::text(role, content)).unwrap_or_default()
+}
+
 impl Expander {
     /// Prepares the shared prompts of `header`.
     #[must_use]
     pub fn new(header: &TraceHeader) -> Self {
         let mut system = Vec::new();
+        let mut system_json = Vec::new();
         let mut tools = Vec::new();
         for (k, p) in header.shared_prompts.iter().enumerate() {
             let k = k as u64;
@@ -594,8 +614,9 @@ impl Expander {
                 text_seed(header.seed, &[TAG_SYSTEM, k]),
                 p.system_tokens as usize,
             );
+            system_json.push(message_json("system", text.clone()));
             system.push(Arc::from(text));
-            let defs = (0..p.tools)
+            let defs: Vec<Value> = (0..p.tools)
                 .map(|i| {
                     let description = output_text(
                         text_seed(header.seed, &[TAG_TOOL, k, u64::from(i)]),
@@ -615,12 +636,17 @@ impl Expander {
                     })
                 })
                 .collect();
-            tools.push(Arc::new(defs));
+            let raw = (!defs.is_empty())
+                .then(|| RawJson::from_value(&Value::Array(defs)).ok())
+                .flatten();
+            tools.push(raw);
         }
         Self {
             header: header.clone(),
             system,
+            system_json,
             tools,
+            sessions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -638,6 +664,28 @@ impl Expander {
         output_text(seed, tokens as usize)
     }
 
+    /// The simulator's reply to turn `turn` of `request`'s session, whose
+    /// user message is `user`.
+    fn reply_text(&self, request: &TraceRequest, turn: usize, user: &str) -> String {
+        let tokens = request.assistant.get(turn).copied().unwrap_or(0) as usize;
+        let last = MessageText {
+            role: "user",
+            content: user,
+            tool_calls: None,
+        };
+        let seed = output_seed_for_last_message(&last).unwrap_or_else(|| {
+            // A short message: render the whole conversation up to it.
+            let earlier = TraceRequest {
+                turn: u32::try_from(turn).unwrap_or(u32::MAX),
+                user: request.user[..=turn].to_vec(),
+                assistant: request.assistant[..turn].to_vec(),
+                ..request.clone()
+            };
+            output_seed(&self.chat_request(&earlier).prompt_tokens().tokens)
+        });
+        output_text(seed, tokens)
+    }
+
     /// The full chat request of a trace line.
     #[must_use]
     pub fn chat_request(&self, request: &TraceRequest) -> ChatRequest {
@@ -645,46 +693,19 @@ impl Expander {
         let mut messages = Vec::with_capacity(request.user.len() * 2 + 1);
         let system = self.system.get(prompt).map_or("", |s| s);
         messages.push(ChatMessage::text("system", system.to_owned()));
-        let tools = self
-            .tools
-            .get(prompt)
-            .filter(|t| !t.is_empty())
-            .map(|t| t.as_ref().clone());
-        let tools_text = tools.as_ref().map(|t| Value::Array(t.clone()).to_string());
         for (turn, &size) in request.user.iter().enumerate() {
             let user = self.user_text(request.session, turn, size);
-            if let Some(&reply_tokens) = request.assistant.get(turn) {
-                let last = MessageText {
-                    role: "user",
-                    content: &user,
-                    tool_calls: None,
-                };
-                let seed = output_seed_for_last_message(&last).unwrap_or_else(|| {
-                    // Short message: render the whole conversation so far.
-                    let mut texts: Vec<MessageText<'_>> = messages
-                        .iter()
-                        .map(|m: &ChatMessage| MessageText {
-                            role: &m.role,
-                            content: m.content.as_str().unwrap_or(""),
-                            tool_calls: None,
-                        })
-                        .collect();
-                    texts.push(last);
-                    output_seed(&tokenize_chat(&texts, tools_text.as_deref()).tokens)
-                });
-                messages.push(ChatMessage::text("user", user));
-                messages.push(ChatMessage::text(
-                    "assistant",
-                    output_text(seed, reply_tokens as usize),
-                ));
-            } else {
-                messages.push(ChatMessage::text("user", user));
+            let reply =
+                (turn < request.assistant.len()).then(|| self.reply_text(request, turn, &user));
+            messages.push(ChatMessage::text("user", user));
+            if let Some(reply) = reply {
+                messages.push(ChatMessage::text("assistant", reply));
             }
         }
         ChatRequest {
             model: self.header.model.clone(),
             messages,
-            tools,
+            tools: self.tools.get(prompt).cloned().flatten(),
             max_completion_tokens: None,
             max_tokens: Some(request.max_tokens),
             stream: self.header.stream,
@@ -694,10 +715,69 @@ impl Expander {
         }
     }
 
-    /// The JSON body of a trace line's request.
+    /// The JSON body of a trace line's request: the serialization of
+    /// [`Expander::chat_request`], built incrementally per session.
     #[must_use]
     pub fn body(&self, request: &TraceRequest) -> Vec<u8> {
-        serde_json::to_vec(&self.chat_request(request)).unwrap_or_default()
+        let turn = request.turn as usize;
+        let prompt = request.prompt as usize;
+        let user = self.user_text(
+            request.session,
+            turn,
+            request.user.get(turn).copied().unwrap_or(0),
+        );
+        let mut body = Vec::new();
+        body.extend_from_slice(b"{\"model\":");
+        body.extend_from_slice(
+            serde_json::to_string(&self.header.model)
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        body.extend_from_slice(b",\"messages\":[");
+        body.extend_from_slice(
+            self.system_json
+                .get(prompt)
+                .map_or("", String::as_str)
+                .as_bytes(),
+        );
+        {
+            let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+            let entry = sessions.entry(request.session).or_default();
+            if entry.pairs > turn || entry.prompt != request.prompt {
+                *entry = SessionJson {
+                    prompt: request.prompt,
+                    ..SessionJson::default()
+                };
+            }
+            while entry.pairs < turn {
+                let j = entry.pairs;
+                let size = request.user.get(j).copied().unwrap_or(0);
+                let user_j = self.user_text(request.session, j, size);
+                let reply = self.reply_text(request, j, &user_j);
+                entry.json.push(',');
+                entry.json.push_str(&message_json("user", user_j));
+                entry.json.push(',');
+                entry.json.push_str(&message_json("assistant", reply));
+                entry.pairs += 1;
+            }
+            body.extend_from_slice(entry.json.as_bytes());
+        }
+        body.push(b',');
+        body.extend_from_slice(message_json("user", user).as_bytes());
+        body.push(b']');
+        if let Some(tools) = self.tools.get(prompt).and_then(Option::as_ref) {
+            body.extend_from_slice(b",\"tools\":");
+            body.extend_from_slice(tools.as_str().as_bytes());
+        }
+        body.extend_from_slice(format!(",\"max_tokens\":{}", request.max_tokens).as_bytes());
+        if self.header.stream {
+            body.extend_from_slice(
+                b",\"stream\":true,\"stream_options\":{\"include_usage\":true}}",
+            );
+        } else {
+            body.extend_from_slice(b",\"stream\":false}");
+        }
+        body
     }
 }
 
@@ -775,6 +855,33 @@ mod tests {
             (system_len / f64::from(approx) - 1.0).abs() < 0.2,
             "{system_len} vs {approx}"
         );
+    }
+
+    #[test]
+    fn incremental_body_equals_serialized_request() {
+        let trace = small().generate().unwrap_or_else(|e| panic!("{e}"));
+        let expander = Expander::new(&trace.header);
+        for r in &trace.requests {
+            let body = expander.body(r);
+            let parsed: ChatRequest =
+                serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(parsed, expander.chat_request(r), "{}", r.key());
+        }
+        // Out of order (a restarted session) is rebuilt, not corrupted.
+        let last = trace
+            .requests
+            .iter()
+            .rev()
+            .find(|r| r.turn > 1)
+            .unwrap_or_else(|| panic!("no long session"));
+        let first = trace
+            .requests
+            .iter()
+            .find(|r| r.session == last.session)
+            .unwrap_or_else(|| panic!("no first"));
+        let parsed: ChatRequest =
+            serde_json::from_slice(&expander.body(first)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(parsed, expander.chat_request(first));
     }
 
     #[test]

@@ -1,0 +1,351 @@
+//! The HTTP node answers with mlx_lm.server's shapes.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{chat_body, client, keys, sse_data, sse_events, start_fast};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn models_and_health() {
+    let node = start_fast().await;
+    let base = node.base_url();
+    let models: Value = client()
+        .get(format!("{base}/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["object"], "list");
+    let card = &models["data"][0];
+    assert_eq!(keys(card), ["created", "id", "object"]);
+    assert_eq!(card["object"], "model");
+    assert_eq!(card["id"], node.config().model_id.as_str());
+
+    let health = client().get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.text().await.unwrap(), r#"{"status": "ok"}"#);
+
+    let missing = client().get(format!("{base}/nope")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test]
+async fn chat_completion_non_streamed() {
+    let node = start_fast().await;
+    let url = format!("{}/v1/chat/completions", node.base_url());
+    let body: Value = client()
+        .post(&url)
+        .json(&chat_body("fix the bug", false, false))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        keys(&body),
+        [
+            "choices",
+            "created",
+            "id",
+            "model",
+            "object",
+            "system_fingerprint",
+            "usage"
+        ]
+    );
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["model"], "default_model");
+    assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    let choice = &body["choices"][0];
+    assert_eq!(keys(choice), ["finish_reason", "index", "message"]);
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert_eq!(choice["message"]["content"].as_str().unwrap().len(), 16 * 4);
+    assert_eq!(choice["finish_reason"], "length");
+    let usage = &body["usage"];
+    assert_eq!(
+        keys(usage),
+        [
+            "completion_tokens",
+            "prompt_tokens",
+            "prompt_tokens_details",
+            "total_tokens"
+        ]
+    );
+    assert_eq!(usage["completion_tokens"], 16);
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + 16
+    );
+    assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], 0);
+
+    // Same system prompt again: the system block is cached.
+    let again: Value = client()
+        .post(&url)
+        .json(&chat_body("another question", false, false))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cached = again["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(cached > 1000, "cached {cached}");
+
+    // The reply is deterministic.
+    let third: Value = client()
+        .post(&url)
+        .json(&chat_body("fix the bug", false, false))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        third["choices"][0]["message"],
+        body["choices"][0]["message"]
+    );
+}
+
+#[tokio::test]
+async fn chat_completion_streamed_with_usage() {
+    let node = start_fast().await;
+    let url = format!("{}/v1/chat/completions", node.base_url());
+    let response = client()
+        .post(&url)
+        .json(&chat_body("stream please", true, true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let text = response.text().await.unwrap();
+    let events = sse_events(&text);
+    assert!(events[0].starts_with(": keepalive "), "{}", events[0]);
+    assert_eq!(events.last().unwrap(), "data: [DONE]");
+    let data = sse_data(&text);
+    let (usage_chunk, chunks) = data.split_last().unwrap();
+    let mut content = String::new();
+    for chunk in chunks {
+        assert_eq!(chunk["object"], "chat.completion.chunk");
+        assert_eq!(
+            keys(chunk),
+            [
+                "choices",
+                "created",
+                "id",
+                "model",
+                "object",
+                "system_fingerprint"
+            ]
+        );
+        let choice = &chunk["choices"][0];
+        assert_eq!(choice["delta"]["role"], "assistant");
+        content.push_str(choice["delta"]["content"].as_str().unwrap_or(""));
+    }
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+    assert!(
+        chunks[..chunks.len() - 1]
+            .iter()
+            .all(|c| c["choices"][0]["finish_reason"].is_null())
+    );
+    assert_eq!(content.len(), 16 * 4);
+    assert_eq!(usage_chunk["choices"], json!([]));
+    assert_eq!(usage_chunk["usage"]["completion_tokens"], 16);
+    assert!(usage_chunk["usage"]["prompt_tokens_details"]["cached_tokens"].is_u64());
+    assert_eq!(usage_chunk["id"], chunks[0]["id"]);
+}
+
+#[tokio::test]
+async fn stream_without_include_usage_has_no_usage_chunk() {
+    let node = start_fast().await;
+    let url = format!("{}/v1/chat/completions", node.base_url());
+    let text = client()
+        .post(&url)
+        .json(&chat_body("no usage", true, false))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let data = sse_data(&text);
+    assert!(
+        data.iter()
+            .all(|c| c.get("usage").is_none() && !c["choices"].as_array().unwrap().is_empty())
+    );
+    assert!(text.ends_with("data: [DONE]\n\n"));
+}
+
+#[tokio::test]
+async fn text_completions() {
+    let node = start_fast().await;
+    let url = format!("{}/v1/completions", node.base_url());
+    let body: Value = client()
+        .post(&url)
+        .json(&json!({"prompt": "def fib(n):", "max_tokens": 8}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["object"], "text_completion");
+    assert!(body["id"].as_str().unwrap().starts_with("cmpl-"));
+    assert_eq!(
+        keys(&body["choices"][0]),
+        ["finish_reason", "index", "text"]
+    );
+    assert_eq!(body["usage"]["completion_tokens"], 8);
+    assert_eq!(body["usage"]["prompt_tokens"], 3);
+
+    let text = client()
+        .post(&url)
+        .json(&json!({"prompt": "def fib(n):", "max_tokens": 8, "stream": true, "stream_options": {"include_usage": true}}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let data = sse_data(&text);
+    assert!(
+        data[..data.len() - 1]
+            .iter()
+            .all(|c| c["object"] == "text_completion")
+    );
+    assert_eq!(data.last().unwrap()["usage"]["completion_tokens"], 8);
+}
+
+#[tokio::test]
+async fn bad_requests_get_400() {
+    let node = start_fast().await;
+    let url = format!("{}/v1/chat/completions", node.base_url());
+    let response = client().post(&url).body("{not json").send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("Invalid JSON"));
+    let response = client()
+        .post(&url)
+        .json(&json!({"model": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn peer_router_endpoints_and_metrics() {
+    let node = start_fast().await;
+    let base = node.base_url();
+    let c = client();
+    assert_eq!(
+        c.get(format!("{base}/health_generate"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let info: Value = c
+        .get(format!("{base}/get_model_info"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["is_generation"], true);
+    assert_eq!(info["model_path"], node.config().model_id.as_str());
+    let server: Value = c
+        .get(format!("{base}/get_server_info"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(server["prompt_cache_size"], 10);
+    assert_eq!(server["max_running_requests"], 8);
+
+    c.post(format!("{base}/v1/chat/completions"))
+        .json(&chat_body("count me", false, false))
+        .send()
+        .await
+        .unwrap();
+    let metrics = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for family in [
+        "mlx_sim_queue_depth",
+        "mlx_sim_running_requests",
+        "mlx_sim_prompt_cache_entries",
+        "mlx_sim_prompt_cache_usage_ratio",
+        "mlx_sim_prompt_tokens_total",
+        "vllm:num_requests_waiting",
+        "sglang:num_queue_reqs",
+    ] {
+        assert!(
+            metrics.contains(&format!("# TYPE {family} ")),
+            "{family} missing"
+        );
+    }
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("mlx_sim_requests_total{"))
+        .unwrap();
+    assert!(line.ends_with(" 1"), "{line}");
+
+    let stats: Value = c
+        .get(format!("{base}/admin/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["totals"]["requests"], 1);
+    assert!(!stats["cache_entry_tokens"].as_array().unwrap().is_empty());
+    assert_eq!(
+        c.delete(format!("{base}/admin/cache"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(node.with_model(|m| m.cache().len()), 0);
+}
+
+#[tokio::test]
+async fn connection_close_mode_like_mlx() {
+    let node = cluster_sim::SimNode::start(cluster_sim::SimNodeConfig {
+        keep_alive: false,
+        ..common::fast_config()
+    })
+    .await
+    .unwrap();
+    let response = client()
+        .get(format!("{}/health", node.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["connection"], "close");
+}
