@@ -263,10 +263,9 @@ impl PrefixFingerprint {
     /// hold a prefix of).
     #[must_use]
     pub fn full_blocks(&self) -> &[u64] {
-        if self.partial_tail {
-            &self.blocks[..self.blocks.len() - 1]
-        } else {
-            &self.blocks
+        match self.blocks.split_last() {
+            Some((_, full)) if self.partial_tail => full,
+            _ => &self.blocks,
         }
     }
 
@@ -470,6 +469,16 @@ mod tests {
         let z = fp(0, &[(SegmentKind::Model, "m")]);
         assert_eq!(z.block_bytes(), 1);
         assert_eq!(z.len(), 1 + 8 + 1);
+    }
+
+    #[test]
+    fn inconsistent_deserialized_fingerprint_does_not_panic() {
+        let odd: PrefixFingerprint = serde_json::from_str(
+            r#"{"block_bytes":0,"blocks":[],"total_bytes":0,"partial_tail":true}"#,
+        )
+        .unwrap();
+        assert!(odd.full_blocks().is_empty());
+        assert_eq!(odd.common_prefix_len(&PrefixFingerprint::default()), 0);
     }
 
     #[test]

@@ -689,3 +689,18 @@ proptest! {
         let _ = ClusterConfig::parse_with_env(&doc.to_string(), ConfigFormat::Json, vars);
     }
 }
+
+#[test]
+fn yaml_alias_bombs_are_rejected() {
+    // "Billion laughs": 9^9 strings from a few hundred bytes.
+    let mut text = String::from(
+        "a: &a [\"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\"]\n",
+    );
+    let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+    for pair in names.windows(2) {
+        let refs = vec![format!("*{}", pair[0]); 9].join(", ");
+        text.push_str(&format!("{}: &{} [{refs}]\n", pair[1], pair[1]));
+    }
+    let err = ClusterConfig::parse(&text, ConfigFormat::Yaml).unwrap_err();
+    assert!(err.to_string().starts_with("invalid YAML"), "{err}");
+}
