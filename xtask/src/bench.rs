@@ -20,13 +20,22 @@ struct Bench {
     criterion: bool,
 }
 
-const BENCHES: &[Bench] = &[Bench {
-    name: "metrics",
-    about: "RollingWindow record/snapshot, EWMA and peak-EWMA updates, in-flight guard",
-    package: "cluster-metrics",
-    target: None,
-    criterion: true,
-}];
+const BENCHES: &[Bench] = &[
+    Bench {
+        name: "fingerprint",
+        about: "prefix fingerprint of prompts from 1 KB to 100 KB, raw XXH64",
+        package: "cluster-types",
+        target: Some("fingerprint"),
+        criterion: true,
+    },
+    Bench {
+        name: "metrics",
+        about: "RollingWindow record/snapshot, EWMA and peak-EWMA updates, in-flight guard",
+        package: "cluster-metrics",
+        target: Some("metrics"),
+        criterion: true,
+    },
+];
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     if args.iter().any(|a| a == "--list") {
