@@ -47,6 +47,11 @@
 //! ```
 #![forbid(unsafe_code)]
 
+// The Rust examples of docs/discovery.md compile as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/discovery.md")]
+mod discovery_md {}
+
 mod config;
 mod diff;
 mod discovery;
