@@ -460,6 +460,13 @@ impl ClusterDiscovery {
         self.shared.announced.load().values().cloned().collect()
     }
 
+    /// The announced nodes as the one immutable map last published (keyed
+    /// and sorted by id): a lock-free read, cheap to call on a hot path.
+    #[must_use]
+    pub fn snapshot(&self) -> Arc<BTreeMap<NodeId, ValidatedNode>> {
+        self.shared.announced.load_full()
+    }
+
     /// One announced node.
     #[must_use]
     pub fn node(&self, id: &str) -> Option<ValidatedNode> {

@@ -105,6 +105,11 @@ async fn start_announces_validated_nodes_and_refuses_a_second_start() {
     assert!(report.changed());
     assert_eq!(report.next_refresh, INTERVAL);
     assert_eq!(ids(&discovery.nodes()), ["a", "b"]);
+    let snapshot = discovery.snapshot();
+    assert_eq!(
+        snapshot.keys().map(NodeId::as_str).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
     assert_eq!(discovery.node("a").unwrap().models, ["m-a"]);
     assert_eq!(drain(&mut rx), ["+a", "+b"]);
     assert_eq!(*discovered.lock().unwrap(), ["a", "b"]);
