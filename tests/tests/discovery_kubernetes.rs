@@ -335,8 +335,14 @@ async fn kubectl_reads_the_fake_api_server() {
             &[Endpoint::ready("10.0.0.1", "p")],
         ),
     );
-    let kubectl = ["/usr/bin/kubectl", "/usr/local/bin/kubectl"]
+    // `$KUBECTL` first (to try another client build), then the usual places.
+    let kubectl = std::env::var("KUBECTL")
+        .ok()
         .into_iter()
+        .chain([
+            "/usr/bin/kubectl".to_owned(),
+            "/usr/local/bin/kubectl".to_owned(),
+        ])
         .find(|p| std::path::Path::new(p).exists())
         .unwrap_or_else(|| {
             panic!("kubectl not found: install it (`apt-get install kubernetes-client`)")
