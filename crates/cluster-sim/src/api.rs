@@ -54,9 +54,11 @@ impl PartialEq for RawJson {
 /// `stream_options` of a request.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StreamOptions {
-    /// Send a final chunk with `usage` (and `choices: []`). Default false.
-    #[serde(default)]
-    pub include_usage: bool,
+    /// Send a final chunk with `usage` (and `choices: []`). Default absent,
+    /// which mlx_lm 0.32 trips over: `"stream_options": {}` ends the stream
+    /// after the finish chunk, without usage and without `[DONE]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_usage: Option<bool>,
 }
 
 /// One message of a chat request.
@@ -157,7 +159,7 @@ impl ChatRequest {
     pub fn include_usage(&self) -> bool {
         self.stream_options
             .as_ref()
-            .is_some_and(|o| o.include_usage)
+            .is_some_and(|o| o.include_usage == Some(true))
     }
 }
 
@@ -220,11 +222,18 @@ impl Usage {
     }
 }
 
-/// A chat `message` or streamed `delta`.
+/// A streamed `delta` (no `content` key when there is no text).
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Delta<'a> {
     pub(crate) role: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) content: Option<&'a str>,
+}
+
+/// A chat `message` (`content` is null when there is no text).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Message<'a> {
+    pub(crate) role: &'a str,
     pub(crate) content: Option<&'a str>,
 }
 
@@ -234,7 +243,7 @@ pub(crate) struct Choice<'a> {
     pub(crate) index: u32,
     pub(crate) finish_reason: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) message: Option<Delta<'a>>,
+    pub(crate) message: Option<Message<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) delta: Option<Delta<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -272,4 +281,90 @@ pub struct ModelList {
     pub object: String,
     /// The models.
     pub data: Vec<ModelCard>,
+}
+
+/// serde_json formatter that writes like Python's `json.dumps` defaults, as
+/// mlx_lm.server does: `", "` between items, `": "` after keys, non-ASCII as
+/// `\uXXXX` escapes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PythonFormatter;
+
+impl serde_json::ser::Formatter for PythonFormatter {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        writer.write_all(b": ")
+    }
+
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        if fragment.is_ascii() {
+            return writer.write_all(fragment.as_bytes());
+        }
+        let mut units = [0u16; 2];
+        let mut ascii = [0u8; 4];
+        for c in fragment.chars() {
+            if c.is_ascii() {
+                writer.write_all(c.encode_utf8(&mut ascii).as_bytes())?;
+            } else {
+                for unit in c.encode_utf16(&mut units) {
+                    write!(writer, "\\u{unit:04x}")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serializes `value` the way mlx_lm.server writes JSON (see
+/// [`PythonFormatter`]).
+#[must_use]
+pub fn to_mlx_json<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, PythonFormatter);
+    // Serializing plain data into a Vec cannot fail.
+    let _ = value.serialize(&mut serializer);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_style_json() {
+        let v = serde_json::json!({"a": [1, 2], "b": "\u{e9}\n"});
+        assert_eq!(
+            String::from_utf8(to_mlx_json(&v)).unwrap_or_default(),
+            r#"{"a": [1, 2], "b": "\u00e9\n"}"#
+        );
+    }
 }

@@ -4,13 +4,15 @@
 //! Each entry is the token sequence whose KV cache the node keeps. A lookup
 //! for a prompt picks, like mlx_lm does:
 //!
-//! 1. an entry equal to the prompt (all tokens cached; the entry stays);
-//! 2. else the longest entry that is a strict prefix of the prompt (its
+//! 1. an entry equal to the prompt (all tokens but the last cached: mlx_lm
+//!    always recomputes the last prompt token; the entry stays);
+//! 2. else, when some entry that is *not* a prefix of the prompt shares a
+//!    longer common prefix with it than the longest entry that is, that
+//!    entry (a copy is trimmed to the common prefix, at most `prompt_len - 1`
+//!    tokens; the entry stays);
+//! 3. else the longest entry that is a strict prefix of the prompt (its
 //!    tokens are cached; the entry is *taken out*, because mlx_lm extends that
 //!    KV cache in place and re-inserts the longer sequence after the request);
-//! 3. else the entry sharing the longest common prefix with the prompt (a
-//!    copy is trimmed to the common prefix, at most `prompt_len - 1` tokens;
-//!    the entry stays);
 //! 4. else nothing is cached.
 //!
 //! The cache holds at most `max_entries` entries (mlx_lm's
@@ -188,7 +190,7 @@ impl PromptCache {
             }
             if common == prompt.len() && entry.tokens.len() == prompt.len() {
                 let hit = CacheLookup {
-                    cached_tokens: prompt.len(),
+                    cached_tokens: prompt.len() - 1,
                     kind: CacheMatch::Exact,
                 };
                 return (Some(i), hit);
@@ -201,14 +203,10 @@ impl PromptCache {
                 best_common = Some((i, common));
             }
         }
-        if let Some((i, len)) = best_prefix {
-            let hit = CacheLookup {
-                cached_tokens: len,
-                kind: CacheMatch::Prefix,
-            };
-            return (Some(i), hit);
-        }
-        if let Some((i, len)) = best_common {
+        let short = best_prefix.map_or(0, |(_, len)| len);
+        if let Some((i, len)) = best_common
+            && len > short
+        {
             let cached = len.min(prompt.len().saturating_sub(1));
             if cached > 0 {
                 let hit = CacheLookup {
@@ -217,6 +215,13 @@ impl PromptCache {
                 };
                 return (Some(i), hit);
             }
+        }
+        if let Some((i, len)) = best_prefix {
+            let hit = CacheLookup {
+                cached_tokens: len,
+                kind: CacheMatch::Prefix,
+            };
+            return (Some(i), hit);
         }
         let miss = CacheLookup {
             cached_tokens: 0,
@@ -301,7 +306,7 @@ mod tests {
         let mut cache = PromptCache::default();
         cache.insert(seq(0..100));
         let exact = cache.lookup(&seq(0..100));
-        assert_eq!((exact.kind, exact.cached_tokens), (CacheMatch::Exact, 100));
+        assert_eq!((exact.kind, exact.cached_tokens), (CacheMatch::Exact, 99));
         assert_eq!(cache.len(), 1);
 
         let mut longer: Vec<Token> = (0..100).collect();
@@ -331,7 +336,7 @@ mod tests {
     }
 
     #[test]
-    fn prefix_is_preferred_to_longer_common() {
+    fn longer_common_match_wins_over_shorter_prefix() {
         let mut cache = PromptCache::default();
         cache.insert(seq(0..10));
         let mut other: Vec<Token> = (0..50).collect();
@@ -339,7 +344,11 @@ mod tests {
         cache.insert(other.into());
         let prompt: Vec<Token> = (0..60).collect();
         let hit = cache.peek(&prompt);
-        assert_eq!((hit.kind, hit.cached_tokens), (CacheMatch::Prefix, 10));
+        assert_eq!((hit.kind, hit.cached_tokens), (CacheMatch::Common, 50));
+        // A prefix at least as long as any common part wins.
+        cache.insert(seq(0..55));
+        let hit = cache.peek(&prompt);
+        assert_eq!((hit.kind, hit.cached_tokens), (CacheMatch::Prefix, 55));
     }
 
     #[test]

@@ -22,7 +22,8 @@ use crate::error::SimError;
 /// Faults a node injects into completion requests.
 ///
 /// Defaults: no faults (every rate 0), `error_status` 500, `overload_status`
-/// 503, `retry_after_seconds` 1, `spike_seconds` 5, `fail_health` false.
+/// 503, `retry_after_seconds` 1, `spike_seconds` 5, `fail_health` and
+/// `generation_dead` false.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FaultConfig {
@@ -48,9 +49,13 @@ pub struct FaultConfig {
     /// Probability of a 200 answer whose JSON (or SSE data line) is invalid.
     /// Default 0.
     pub garbage_rate: f64,
-    /// Answer `/health`, `/health_generate` and `/v1/models` with 503.
-    /// Default false.
+    /// Answer `/health`, `/health_generate` and `/v1/models` with 503
+    /// `{"status": "unavailable"}`. Default false.
     pub fail_health: bool,
+    /// mlx_lm.server's "generation thread died" state: `/health` answers 503
+    /// `{"status": "unavailable"}`, `/v1/models` still 200, every completion
+    /// 404 `{"error": "generation thread died"}`. Default false.
+    pub generation_dead: bool,
 }
 
 impl Default for FaultConfig {
@@ -67,6 +72,7 @@ impl Default for FaultConfig {
             retry_after_seconds: 1,
             garbage_rate: 0.0,
             fail_health: false,
+            generation_dead: false,
         }
     }
 }

@@ -40,7 +40,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{CacheMatch, PromptCache};
-use crate::tokenizer::{ChatTokens, Token, output_seed, output_text, tokenize_text};
+use crate::tokenizer::{
+    ChatTokens, REPLY_MARK, Token, output_seed, output_text, tokenize_prompt, tokenize_text,
+};
 
 /// Cost-model and capacity parameters of one simulated node.
 ///
@@ -78,6 +80,10 @@ pub struct NodeModelConfig {
     pub cache_tokens: Option<usize>,
     /// Cache a chat's leading system block as its own entry. Default true.
     pub cache_system_block: bool,
+    /// Let a later turn reuse the cached reply tokens of an earlier one.
+    /// mlx_lm 0.32 does not (the next prompt re-renders the reply and
+    /// matches only up to the end of the earlier prompt). Default false.
+    pub reuse_reply_tokens: bool,
     /// KV-cache bytes per token, only used to report cache bytes. Default
     /// 98304 (48 layers × 4 KV heads × 128 dims × K and V × 2 bytes).
     pub kv_bytes_per_token: u64,
@@ -97,6 +103,7 @@ impl Default for NodeModelConfig {
             cache_entries: 10,
             cache_tokens: None,
             cache_system_block: true,
+            reuse_reply_tokens: false,
             kv_bytes_per_token: 98_304,
         }
     }
@@ -213,10 +220,8 @@ impl SimRequest {
     /// A plain-text request (`/v1/completions`).
     #[must_use]
     pub fn from_text(prompt: &str, output_tokens: usize) -> Self {
-        let mut tokens = Vec::new();
-        tokenize_text(prompt, &mut tokens);
         Self {
-            tokens: tokens.into(),
+            tokens: tokenize_prompt(prompt).into(),
             system_len: 0,
             output_tokens,
         }
@@ -527,6 +532,11 @@ impl NodeModel {
         let mut full = Vec::with_capacity(request.tokens.len() + request.output_tokens);
         full.extend_from_slice(&request.tokens);
         tokenize_text(&request.reply_text(), &mut full);
+        if !self.config.reuse_reply_tokens && full.len() > request.tokens.len() {
+            // mlx_lm re-renders earlier replies, so a later turn matches only
+            // up to the end of this prompt.
+            full[request.tokens.len()] = REPLY_MARK;
+        }
         self.push_pending(admission.finish, full.into());
 
         self.totals.requests += 1;
@@ -692,8 +702,17 @@ mod tests {
 
     #[test]
     fn next_turn_reuses_prompt_and_reply() {
+        for reuse in [false, true] {
+            next_turn(reuse);
+        }
+    }
+
+    fn next_turn(reuse: bool) {
         let system = long_text("sys", 2000);
-        let mut node = NodeModel::default();
+        let mut node = NodeModel::new(NodeModelConfig {
+            reuse_reply_tokens: reuse,
+            ..NodeModelConfig::default()
+        });
         let messages = [
             MessageText {
                 role: "system",
@@ -729,8 +748,15 @@ mod tests {
         let b = node
             .admit(a.finish, &second)
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(b.cache_match, CacheMatch::Prefix);
-        assert_eq!(b.cached_tokens, first.tokens.len() + 50);
+        if reuse {
+            assert_eq!(b.cache_match, CacheMatch::Prefix);
+            assert_eq!(b.cached_tokens, first.tokens.len() + 50);
+        } else {
+            // As recorded from mlx_lm 0.32: the earlier prompt is reused, its
+            // reply is not, and the earlier entry stays in the cache.
+            assert_eq!(b.cache_match, CacheMatch::Common);
+            assert_eq!(b.cached_tokens, first.tokens.len());
+        }
     }
 
     #[test]

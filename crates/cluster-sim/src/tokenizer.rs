@@ -38,6 +38,12 @@ const ROLE_ASSISTANT: Token = SPECIAL_BASE | 0x1200;
 const ROLE_TOOL: Token = SPECIAL_BASE | 0x1300;
 const ROLE_OTHER: Token = SPECIAL_BASE | 0x1400;
 const TOOL_CALLS_START: Token = SPECIAL_BASE | 0x0300;
+/// Beginning-of-sequence token, first in every prompt (as mlx_lm's tokenizer
+/// and chat templates add one).
+pub const BOS: Token = SPECIAL_BASE | 0x0400;
+/// Stands for the first generated token in a prompt-cache entry when replies
+/// are not reusable (see `NodeModelConfig::reuse_reply_tokens`).
+pub const REPLY_MARK: Token = SPECIAL_BASE | 0x0500;
 
 /// Number of tokens [`tokenize_text`] produces for `text`: `ceil(bytes / 4)`.
 #[must_use]
@@ -46,7 +52,8 @@ pub fn token_count(text: &str) -> usize {
 }
 
 /// Appends the tokens of `text` to `out`: one token per 4-byte chunk, the
-/// last chunk zero-padded.
+/// last chunk zero-padded. (Plain prompts get a [`BOS`] first: see
+/// [`tokenize_prompt`].)
 pub fn tokenize_text(text: &str, out: &mut Vec<Token>) {
     let (chunks, rest) = text.as_bytes().as_chunks::<BYTES_PER_TOKEN>();
     out.reserve(chunks.len() + 1);
@@ -56,6 +63,14 @@ pub fn tokenize_text(text: &str, out: &mut Vec<Token>) {
         buf[..rest.len()].copy_from_slice(rest);
         out.push(Token::from_le_bytes(buf));
     }
+}
+
+/// Tokens of a plain-text (`/v1/completions`) prompt: [`BOS`] then the text.
+#[must_use]
+pub fn tokenize_prompt(text: &str) -> Vec<Token> {
+    let mut tokens = vec![BOS];
+    tokenize_text(text, &mut tokens);
+    tokens
 }
 
 /// Tokens of a chat prompt, with the boundary of its leading system block.
@@ -105,7 +120,7 @@ fn push_message(message: &MessageText<'_>, out: &mut Vec<Token>) {
 
 /// Renders a chat prompt to tokens with the simulator's ChatML-like template.
 ///
-/// Layout: the leading system messages, then (if `tools` is given) a tools
+/// Layout: a [`BOS`] token, the leading system messages, then (if `tools` is given) a tools
 /// block holding the tools' JSON, form the system block; every other message
 /// is `ROLE content END`; the prompt ends with the assistant role token (the
 /// generation prompt). A reply of `n` tokens followed by `END` is therefore
@@ -113,7 +128,7 @@ fn push_message(message: &MessageText<'_>, out: &mut Vec<Token>) {
 /// assistant message.
 #[must_use]
 pub fn tokenize_chat(messages: &[MessageText<'_>], tools: Option<&str>) -> ChatTokens {
-    let mut tokens = Vec::new();
+    let mut tokens = vec![BOS];
     let leading_system = messages
         .iter()
         .take_while(|m| role_token(m.role) == ROLE_SYSTEM)

@@ -710,7 +710,7 @@ impl Expander {
             max_tokens: Some(request.max_tokens),
             stream: self.header.stream,
             stream_options: self.header.stream.then_some(StreamOptions {
-                include_usage: true,
+                include_usage: Some(true),
             }),
         }
     }

@@ -198,6 +198,39 @@ async fn fail_health() {
 }
 
 #[tokio::test]
+async fn dead_generation_thread_like_mlx() {
+    let node = node_with(FaultConfig {
+        generation_dead: true,
+        ..FaultConfig::default()
+    })
+    .await;
+    let base = node.base_url();
+    let health = client().get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(health.status(), 503);
+    assert_eq!(health.text().await.unwrap(), r#"{"status": "unavailable"}"#);
+    // /v1/models cannot see it.
+    let models = client()
+        .get(format!("{base}/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 200);
+    for stream in [false, true] {
+        let response = client()
+            .post(chat_url(&node))
+            .json(&chat_body("x", stream, true))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404);
+        assert_eq!(
+            response.text().await.unwrap(),
+            r#"{"error": "generation thread died"}"#
+        );
+    }
+}
+
+#[tokio::test]
 async fn admin_endpoint_sets_and_clears_faults() {
     let node = start_fast().await;
     let base = node.base_url();

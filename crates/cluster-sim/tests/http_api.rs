@@ -62,6 +62,8 @@ async fn chat_completion_non_streamed() {
     assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
     let choice = &body["choices"][0];
     assert_eq!(keys(choice), ["finish_reason", "index", "message"]);
+    let raw = serde_json::to_string(&body).unwrap();
+    assert!(!raw.is_empty());
     assert_eq!(choice["message"]["role"], "assistant");
     assert_eq!(choice["message"]["content"].as_str().unwrap().len(), 16 * 4);
     assert_eq!(choice["finish_reason"], "length");
@@ -209,7 +211,8 @@ async fn text_completions() {
         ["finish_reason", "index", "text"]
     );
     assert_eq!(body["usage"]["completion_tokens"], 8);
-    assert_eq!(body["usage"]["prompt_tokens"], 3);
+    // BOS + 3 four-byte chunks.
+    assert_eq!(body["usage"]["prompt_tokens"], 4);
 
     let text = client()
         .post(&url)
@@ -334,18 +337,221 @@ async fn peer_router_endpoints_and_metrics() {
     assert_eq!(node.with_model(|m| m.cache().len()), 0);
 }
 
+/// Sends raw bytes and reads until the server closes.
+async fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[tokio::test]
-async fn connection_close_mode_like_mlx() {
+async fn http10_close_mode_like_mlx() {
     let node = cluster_sim::SimNode::start(cluster_sim::SimNodeConfig {
         keep_alive: false,
         ..common::fast_config()
     })
     .await
     .unwrap();
-    let response = client()
-        .get(format!("{}/health", node.base_url()))
+    let answer = raw_exchange(
+        node.addr(),
+        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with(r#"{"status": "ok"}"#), "{answer}");
+
+    let body = serde_json::to_string(&chat_body("stream over http/1.0", true, true)).unwrap();
+    let answer = raw_exchange(
+        node.addr(),
+        &format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("transfer-encoding"),
+        "{answer}"
+    );
+    assert!(answer.ends_with("data: [DONE]\n\n"), "{answer}");
+}
+
+#[tokio::test]
+async fn transport_details_like_mlx() {
+    let node = start_fast().await;
+    let base = node.base_url();
+    let c = client();
+    let health = c.get(format!("{base}/health")).send().await.unwrap();
+    for h in [
+        "access-control-allow-origin",
+        "access-control-allow-methods",
+        "access-control-allow-headers",
+    ] {
+        assert_eq!(health.headers()[h], "*", "{h}");
+    }
+    let options = c
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{base}/v1/chat/completions"),
+        )
         .send()
         .await
         .unwrap();
-    assert_eq!(response.headers()["connection"], "close");
+    assert_eq!(options.status(), 204);
+    let put = c
+        .put(format!("{base}/v1/chat/completions"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 501);
+    let other = c
+        .post(format!("{base}/v1/embeddings"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404);
+    assert_eq!(other.text().await.unwrap(), "Not Found");
+
+    // Python-style JSON spacing.
+    let text = c
+        .get(format!("{base}/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.starts_with(r#"{"object": "list", "data": [{"id": "#),
+        "{text}"
+    );
+
+    // Chunked bodies (no Content-Length) are refused.
+    let answer = raw_exchange(
+        node.addr(),
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 411"), "{answer}");
+    assert!(
+        answer.contains(r#"{"error": "Content-Length header is required"}"#),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn validation_errors_like_mlx() {
+    let node = start_fast().await;
+    let url = format!("{}/v1/chat/completions", node.base_url());
+    let cases = [
+        (json!([1]), "Request should be a JSON dictionary"),
+        (
+            json!({"model": "default_model"}),
+            "Request did not contain messages",
+        ),
+        (
+            json!({"messages": [], "max_tokens": 0}),
+            "max_tokens must be at least 1",
+        ),
+        (
+            json!({"messages": [], "model": 5}),
+            "requested_model must be of type str",
+        ),
+        (
+            json!({"messages": [], "stream": "true"}),
+            "stream must be of type bool",
+        ),
+    ];
+    for (body, message) in cases {
+        let response = client().post(&url).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error, json!({"error": message}));
+    }
+    let response = client()
+        .post(format!("{}/v1/completions", node.base_url()))
+        .json(&json!({"max_tokens": 3}))
+        .send()
+        .await
+        .unwrap();
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error, json!({"error": "Request did not contain a prompt"}));
+}
+
+#[tokio::test]
+async fn keepalive_progress_and_cache_counts_like_mlx() {
+    let node = start_fast().await;
+    let url = format!("{}/v1/chat/completions", node.base_url());
+    let body = chat_body("stream please", true, true);
+    let first = client()
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let usage = sse_data(&first).last().unwrap()["usage"].clone();
+    let prompt = usage["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], 0);
+    let comments: Vec<String> = sse_events(&first)
+        .into_iter()
+        .filter(|e| e.starts_with(':'))
+        .collect();
+    assert_eq!(
+        comments,
+        [
+            format!(": keepalive {}/{prompt}", prompt - 1),
+            format!(": keepalive {prompt}/{prompt}")
+        ]
+    );
+    // The very same request: everything but the last token is cached, and the
+    // only progress line is 1/1.
+    let again = client()
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let usage = sse_data(&again).last().unwrap()["usage"].clone();
+    assert_eq!(
+        usage["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap(),
+        prompt - 1
+    );
+    assert!(again.starts_with(": keepalive 1/1\n\n"), "{again}");
+}
+
+#[tokio::test]
+async fn empty_stream_options_end_the_stream_early_like_mlx() {
+    let node = start_fast().await;
+    let url = format!("{}/v1/chat/completions", node.base_url());
+    let mut body = chat_body("quirk", true, false);
+    body["stream_options"] = json!({});
+    let text = client()
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("[DONE]"), "{text}");
+    assert!(sse_data(&text).iter().all(|c| c.get("usage").is_none()));
+    assert_eq!(
+        sse_data(&text).last().unwrap()["choices"][0]["finish_reason"],
+        "length"
+    );
 }
