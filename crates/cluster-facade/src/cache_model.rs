@@ -120,6 +120,15 @@ impl Holders {
             .map(|&(s, _)| s)
     }
 
+    /// Entries holding the block, over all nodes.
+    fn total(&self) -> u32 {
+        self.inline[..usize::from(self.n_inline)]
+            .iter()
+            .chain(&self.spill)
+            .map(|&(_, c)| c)
+            .sum()
+    }
+
     fn contains(&self, slot: u32) -> bool {
         self.slots().any(|s| s == slot)
     }
@@ -187,6 +196,28 @@ struct NodeCache {
     /// Least recently used first.
     entries: Vec<Entry>,
     tokens: u64,
+    /// Per-node limits overriding the model's defaults.
+    max_entries: Option<usize>,
+    max_tokens: Option<u64>,
+    /// Entries the node really seems to keep, learned from feedback
+    /// (`None` until the first feedback: the configured limit).
+    learned_entries: Option<f64>,
+}
+
+impl NodeCache {
+    fn configured_entries(&self, default: usize) -> usize {
+        self.max_entries.unwrap_or(default).max(1)
+    }
+
+    /// The entry limit in force: the learned one, within the configured one.
+    fn effective_entries(&self, default: usize) -> usize {
+        let configured = self.configured_entries(default);
+        match self.learned_entries {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            Some(l) => (l.floor() as usize).clamp(1, configured),
+            None => configured,
+        }
+    }
 }
 
 /// Length of the common prefix of two chained-hash chains: binary search,
@@ -244,6 +275,110 @@ impl CacheModel {
             self.nodes.push(Some(NodeCache::default()));
             u32::try_from(self.nodes.len() - 1).unwrap_or(u32::MAX)
         }
+    }
+
+    /// Overrides the entry and token limits of one node (`None` keeps the
+    /// model's default), e.g. from a node that runs with a larger
+    /// `--prompt-cache-size`. Evicts at once if the node is now over them.
+    pub fn set_node_limits(
+        &mut self,
+        slot: u32,
+        max_entries: Option<usize>,
+        max_tokens: Option<u64>,
+    ) {
+        if let Some(Some(node)) = self.nodes.get_mut(slot as usize) {
+            node.max_entries = max_entries;
+            node.max_tokens = max_tokens;
+        }
+        self.enforce_limits(slot);
+    }
+
+    /// Learns how many entries a node really keeps (additive increase,
+    /// multiplicative decrease): a prediction the node confirmed raises the
+    /// limit by a quarter entry (up to the configured limit); a clear loss —
+    /// the node had evicted a prefix the model still held — takes a quarter
+    /// off. The model then evicts down to the new limit. Nodes whose cache
+    /// is smaller than configured (mlx_lm keeps extra system-prompt
+    /// entries; `--prompt-cache-bytes`; other servers) are thus tracked
+    /// without configuration. Returns the limit in force.
+    pub fn feedback(&mut self, slot: u32, confirmed: bool) -> usize {
+        let default = self.params.max_entries_per_node;
+        let Some(Some(node)) = self.nodes.get_mut(slot as usize) else {
+            return 0;
+        };
+        let configured = node.configured_entries(default) as f64;
+        let current = node.learned_entries.unwrap_or(configured);
+        let next = if confirmed {
+            (current + 0.25).min(configured)
+        } else {
+            (current * 0.75).max(1.0)
+        };
+        node.learned_entries = Some(next);
+        let limit = node.effective_entries(default);
+        self.enforce_limits(slot);
+        limit
+    }
+
+    /// The entry limit in force for a node (configured, or learned by
+    /// [`feedback`](Self::feedback)).
+    #[must_use]
+    pub fn entry_limit(&self, slot: u32) -> usize {
+        self.node(slot)
+            .map_or(0, |n| n.effective_entries(self.params.max_entries_per_node))
+    }
+
+    /// Entries of the node used at or after `since`: the conversations
+    /// currently living there.
+    #[must_use]
+    pub fn active_entries(&self, slot: u32, since: Instant) -> usize {
+        self.node(slot).map_or(0, |n| {
+            n.entries
+                .iter()
+                .rev()
+                .take_while(|e| e.last_used >= since)
+                .count()
+        })
+    }
+
+    /// Prompt tokens of a conversation that inserting `chain` on the node
+    /// would push out of its cache while it is still in use: 0 when the
+    /// chain extends (or equals) an entry of the node, when the node has a
+    /// free entry, or when its least recently used entry was last used
+    /// before `active_since`; otherwise that entry's tokens past what it
+    /// shares with the node's other entries (the private history its next
+    /// turn would have to prefill again). O(entries · log B).
+    #[must_use]
+    pub fn eviction_tokens(&self, slot: u32, chain: &[u64], active_since: Instant) -> u64 {
+        let Some(node) = self.node(slot) else {
+            return 0;
+        };
+        if chain.is_empty() {
+            return 0;
+        }
+        let extends = node
+            .entries
+            .iter()
+            .any(|e| e.len <= chain.len() && chain[e.len - 1] == e.chain[e.len - 1]);
+        let max_entries = node.effective_entries(self.params.max_entries_per_node);
+        if extends || node.entries.len() < max_entries {
+            return 0;
+        }
+        let Some(victim) = node.entries.first() else {
+            return 0;
+        };
+        if victim.last_used < active_since {
+            return 0;
+        }
+        let shared = node.entries[1..]
+            .iter()
+            .map(|e| common_prefix(e.blocks(), victim.blocks()))
+            .max()
+            .unwrap_or(0);
+        scale(
+            victim.tokens,
+            victim.len - shared.min(victim.len),
+            victim.len,
+        )
     }
 
     /// Forgets a node and everything it was believed to hold.
@@ -368,6 +503,27 @@ impl CacheModel {
         }
     }
 
+    /// The longest prefix of `chain` whose every block is held by at least
+    /// `min_entries` entries over the whole cluster (a *shared* prefix, such
+    /// as a system prompt many conversations start with). O(log B).
+    #[must_use]
+    pub fn shared_prefix(&self, chain: &[u64], min_entries: u32) -> usize {
+        let shared = |i: usize| {
+            self.holders(chain[i])
+                .is_some_and(|h| h.total() >= min_entries)
+        };
+        let (mut lo, mut hi) = (0usize, chain.len());
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if shared(mid - 1) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        lo
+    }
+
     /// The longest prefix of `chain` believed held by one node, in blocks.
     /// O(log B) index lookups.
     #[must_use]
@@ -471,9 +627,10 @@ impl CacheModel {
         let Some(Some(node)) = self.nodes.get_mut(slot as usize) else {
             return;
         };
+        let max_entries = node.effective_entries(params.max_entries_per_node);
+        let max_tokens = node.max_tokens.unwrap_or(params.max_tokens_per_node);
         while node.entries.len() > 1
-            && (node.entries.len() > params.max_entries_per_node
-                || node.tokens > params.max_tokens_per_node)
+            && (node.entries.len() > max_entries || node.tokens > max_tokens)
         {
             let e = node.entries.remove(0);
             node.tokens = node.tokens.saturating_sub(e.tokens);
@@ -737,6 +894,92 @@ mod tests {
         assert_eq!(m.node_stats(a), (1, 950));
         m.insert(a, chain(7, 2), 5000, t);
         assert_eq!(m.node_stats(a), (1, 5000));
+    }
+
+    #[test]
+    fn shared_prefixes_count_entries() {
+        let (mut m, t) = model();
+        let (a, b) = (m.add_node(), m.add_node());
+        let sys = chain(9, 10);
+        let c1 = extend(&sys, 1, 5);
+        let c2 = extend(&sys, 2, 5);
+        m.insert(a, c1.clone(), 10, t);
+        assert_eq!(m.shared_prefix(&c1, 2), 0);
+        assert_eq!(m.shared_prefix(&c1, 1), 15);
+        m.insert(a, c2.clone(), 10, t);
+        assert_eq!(m.shared_prefix(&c1, 2), 10);
+        m.insert(b, c1.clone(), 10, t);
+        assert_eq!(m.shared_prefix(&c1, 2), 15);
+        assert_eq!(m.shared_prefix(&c1, 3), 10);
+        assert_eq!(m.shared_prefix(&[], 1), 0);
+    }
+
+    #[test]
+    fn eviction_cost_counts_only_live_private_history() {
+        let mut m = CacheModel::new(CacheModelParams {
+            max_entries_per_node: 2,
+            ..CacheModelParams::default()
+        });
+        let t = Instant::now();
+        let a = m.add_node();
+        let sys = chain(1, 10);
+        let c1 = extend(&sys, 1, 10);
+        let c2 = extend(&sys, 2, 10);
+        let c3 = extend(&sys, 3, 10);
+        m.insert(a, c1.clone(), 2000, t);
+        // A free entry: nothing is evicted.
+        assert_eq!(m.eviction_tokens(a, &c2, t), 0);
+        m.insert(a, c2.clone(), 2000, t + Duration::from_secs(1));
+        // Full: c1 (LRU) would go; half of it is shared with c2.
+        assert_eq!(m.eviction_tokens(a, &c3, t), 1000);
+        // Continuing c2 reuses its entry.
+        assert_eq!(m.eviction_tokens(a, &extend(&c2, 4, 2), t), 0);
+        // c1 idle since before the active window: free to evict.
+        assert_eq!(m.eviction_tokens(a, &c3, t + Duration::from_millis(500)), 0);
+        assert_eq!(m.eviction_tokens(a, &[], t), 0);
+        assert_eq!(m.eviction_tokens(9, &c3, t), 0);
+    }
+
+    #[test]
+    fn feedback_learns_the_entry_limit() {
+        let (mut m, t) = model();
+        let a = m.add_node();
+        for i in 0..10 {
+            m.insert(a, chain(300 + i, 3), 10, t);
+        }
+        assert_eq!(m.entry_limit(a), 10);
+        assert_eq!(m.feedback(a, false), 7);
+        assert_eq!(m.node_stats(a).0, 7);
+        assert_eq!(m.feedback(a, false), 5);
+        for _ in 0..4 {
+            m.feedback(a, true);
+        }
+        assert_eq!(m.entry_limit(a), 6);
+        for _ in 0..40 {
+            m.feedback(a, true);
+        }
+        assert_eq!(m.entry_limit(a), 10);
+        for _ in 0..40 {
+            m.feedback(a, false);
+        }
+        assert_eq!(m.entry_limit(a), 1);
+        assert_eq!(m.feedback(99, true), 0);
+    }
+
+    #[test]
+    fn per_node_limits_and_active_entries() {
+        let (mut m, t) = model();
+        let a = m.add_node();
+        for i in 0..6 {
+            m.insert(a, chain(200 + i, 3), 10, t + Duration::from_secs(i * 60));
+        }
+        assert_eq!(m.active_entries(a, t + Duration::from_secs(180)), 3);
+        assert_eq!(m.active_entries(a, t), 6);
+        m.set_node_limits(a, Some(2), None);
+        assert_eq!(m.node_stats(a).0, 2);
+        m.set_node_limits(a, None, Some(10));
+        assert_eq!(m.node_stats(a).0, 1);
+        assert_eq!(m.active_entries(99, t), 0);
     }
 
     #[test]

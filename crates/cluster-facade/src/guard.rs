@@ -145,6 +145,9 @@ pub struct RequestGuard {
     pub(crate) prefill_tokens: u64,
     /// Outstanding prefill on the node when this request was routed.
     pub(crate) queued_ahead: u64,
+    /// The router's prompt-token estimate (the unit of every token figure
+    /// the router keeps; reported counts are converted by ratio).
+    pub(crate) prompt_estimate: u64,
     pub(crate) cache: Option<CacheTicket>,
     pub(crate) probe: bool,
     pub(crate) done: bool,
@@ -259,7 +262,16 @@ impl RequestGuard {
                             hit
                         });
                     }
-                    self.learn_rate(p.saturating_sub(c), ttft.unwrap_or(latency));
+                    // Reported tokens may count differently from the
+                    // router's estimate: convert by ratio.
+                    let uncached = if p == 0 {
+                        0
+                    } else {
+                        let u =
+                            u128::from(self.prompt_estimate) * u128::from(p - c) / u128::from(p);
+                        u64::try_from(u).unwrap_or(u64::MAX)
+                    };
+                    self.learn_rate(uncached, ttft.unwrap_or(latency));
                     if let Some(ticket) = self.cache.take() {
                         let kept = if p == 0 {
                             0
@@ -269,7 +281,9 @@ impl RequestGuard {
                                 .unwrap_or(usize::MAX)
                                 .min(ticket.chain.len())
                         };
-                        let tokens = p + completion_tokens.map_or(0, u64::from);
+                        let tokens = self.prompt_estimate
+                            + self.prompt_estimate * completion_tokens.map_or(0, u64::from)
+                                / p.max(1);
                         let mut model = shared.cache.lock();
                         let own = ticket.inserted.map(|i| i.id);
                         // Block counts map to tokens only approximately

@@ -60,6 +60,6 @@ pub use cache_model::{CacheModel, CacheModelParams};
 pub use error::FacadeError;
 pub use guard::{FailureKind, NodeTarget, RequestGuard, RequestOutcome, Selection};
 pub use params::{CostParams, RouterParams, StrategyKind};
-pub use router::Router;
+pub use router::{Router, TAG_CACHE_ENTRIES, TAG_CACHE_TOKENS};
 pub use snapshot::{ClusterSnapshot, NodeEntry};
 pub use strategy::cache_aware::CacheOracle;

@@ -66,11 +66,18 @@ impl From<LoadBalanceStrategy> for StrategyKind {
 /// `docs/routing.md`):
 ///
 /// ```text
-/// est_ttft(node) = uncached_tokens(node) / rate(node)
-///                + outstanding_prefill_tokens(node) / rate(node)
-///                + in_flight(node) × per_request_seconds
-///                + max(0, in_flight(node) + 1 − node_concurrency) × decode_seconds(node)
+/// cost(node) = (uncached(node) + work_penalty × private_uncached(node)
+///              + eviction_penalty × evicted(node)) / rate(node)
+///            + outstanding_prefill_tokens(node) / rate(node)
+///            + in_flight(node) × per_request_seconds
+///            + max(0, in_flight(node) + 1 − node_concurrency) × decode_seconds(node)
+///            + active_conversation_seconds × active(node) × default_rate / rate(node)
 /// ```
+///
+/// (`private_uncached`: uncached tokens past the prefix many conversations
+/// share; `evicted`: tokens of an active conversation the request would push
+/// out of a full prompt cache; `active`: conversations that used the node
+/// within `active_window`.)
 ///
 /// Defaults ([`CostParams::default`]) are given per field.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -87,6 +94,21 @@ pub struct CostParams {
     /// Samples with less prefill work than this (uncached + queued tokens)
     /// do not update the rate (overhead-dominated). Default 256.
     pub min_rate_sample_tokens: u64,
+    /// Extra weight of *private* uncached tokens (past the shared prefix):
+    /// moving a conversation away from its cache costs every later turn, so
+    /// it must buy more than its own time to first token. Default 1.0.
+    pub work_penalty: f64,
+    /// Weight of the private history a new conversation would evict from a
+    /// node whose prompt cache is full of active conversations (that
+    /// conversation re-prefills it on its next turn). Default 1.0.
+    pub eviction_penalty: f64,
+    /// Expected near-future prefill work each active conversation brings its
+    /// node, seconds at the default rate; spreads new conversations.
+    /// Default 2.0.
+    pub active_conversation_seconds: f64,
+    /// A conversation (cache-model entry) used within this window counts as
+    /// active on its node. Default 120 s.
+    pub active_window: std::time::Duration,
     /// Interference of each request in flight (decode steps interleaved with
     /// prefill), seconds. Default 0.05.
     pub per_request_seconds: f64,
@@ -122,6 +144,10 @@ impl Default for CostParams {
             rate_ewma_alpha: 0.2,
             rate_clamp: 20.0,
             min_rate_sample_tokens: 256,
+            work_penalty: 1.0,
+            eviction_penalty: 1.0,
+            active_conversation_seconds: 2.0,
+            active_window: std::time::Duration::from_secs(120),
             per_request_seconds: 0.05,
             node_concurrency: 8,
             default_decode_seconds: 5.0,

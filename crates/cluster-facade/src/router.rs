@@ -29,6 +29,13 @@ use crate::strategy::round_robin::RoundRobin;
 use crate::strategy::session::SessionTable;
 use crate::strategy::{Pick, filter, p2c};
 
+/// Node tag overriding `cache.max_prefixes_per_node` for one node (its
+/// `--prompt-cache-size`), e.g. `prompt_cache_entries = "4"`.
+pub const TAG_CACHE_ENTRIES: &str = "prompt_cache_entries";
+
+/// Node tag overriding `cache.max_tokens_per_node` for one node.
+pub const TAG_CACHE_TOKENS: &str = "prompt_cache_tokens";
+
 /// Receives every finished request (the cluster feeds passive health with
 /// it).
 pub(crate) trait OutcomeObserver: Send + Sync {
@@ -205,6 +212,21 @@ impl Router {
             publisher
                 .lives
                 .insert(entry.spec.id.clone(), Arc::clone(&live));
+            let tag = |k: &str| {
+                entry
+                    .spec
+                    .tags
+                    .get(k)
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            let (entries, tokens) = (tag(TAG_CACHE_ENTRIES), tag(TAG_CACHE_TOKENS));
+            if entries.is_some() || tokens.is_some() {
+                shared.cache.lock().set_node_limits(
+                    live.cache_slot,
+                    entries.map(|e| usize::try_from(e).unwrap_or(usize::MAX)),
+                    tokens,
+                );
+            }
             nodes.push(SnapNode::new(entry, live));
         }
         for (id, live) in old {
@@ -241,12 +263,16 @@ impl Router {
                 .and_then(|id| snap.index_of(&id)),
             _ => None,
         };
-        let prompt = Prompt::new(ctx, params.cost.bytes_per_token);
+        let prompt = Prompt::new(
+            ctx,
+            params.cost.bytes_per_token,
+            now.checked_sub(params.cost.active_window).unwrap_or(now),
+        );
         let cache_aware = matches!(strategy, StrategyKind::CacheAware | StrategyKind::Oracle);
 
         // Cache-aware strategies decide and insert under one model lock.
-        let mut model_guard =
-            (!prompt.chain.is_empty() || cache_aware).then(|| shared.cache.lock());
+        // The classic strategies neither read nor maintain the cache model.
+        let mut model_guard = cache_aware.then(|| shared.cache.lock());
         let mut scratch = cache_aware.then(|| shared.scratch.lock());
 
         let choice =
@@ -264,12 +290,10 @@ impl Router {
                         shared.score.choose(c, ctx, now, shared.epoch, params)
                     }
                     _ => {
+                        let model = model_guard.as_deref()?;
                         let knowledge = match (&shared.oracle, strategy) {
-                            (Some(o), StrategyKind::Oracle) => Knowledge::Oracle(o.as_ref()),
-                            _ => match model_guard.as_deref() {
-                                Some(m) => Knowledge::Model(m),
-                                None => return None,
-                            },
+                            (Some(o), StrategyKind::Oracle) => Knowledge::Oracle(model, o.as_ref()),
+                            _ => Knowledge::Model(model),
                         };
                         let scratch = scratch.as_deref_mut()?;
                         cache_aware::choose(c, &prompt, knowledge, &params.cost, prefer, scratch)
@@ -291,14 +315,9 @@ impl Router {
             if prompt.chain.is_empty() {
                 return None;
             }
-            if !cache_aware || strategy == StrategyKind::Oracle {
-                let matched = model.matched_blocks(live.cache_slot, prompt.chain);
-                if strategy != StrategyKind::Oracle {
-                    pick.cached_blocks = matched;
-                    pick.uncached_tokens = prompt.uncached(matched);
-                } else {
-                    pick.cached_blocks = matched;
-                }
+            if strategy == StrategyKind::Oracle {
+                // The oracle's pick carries true cached tokens, not blocks.
+                pick.cached_blocks = model.matched_blocks(live.cache_slot, prompt.chain);
             }
             let chain: Arc<[u64]> = Arc::from(prompt.chain);
             let inserted = model.insert(live.cache_slot, Arc::clone(&chain), prompt.tokens, now);
@@ -311,7 +330,8 @@ impl Router {
             })
         });
         drop(model_guard);
-        if prompt.chain.is_empty() && !cache_aware {
+        if !cache_aware {
+            // Unknown cache: count the whole prompt as prefill work.
             pick.uncached_tokens = prompt.tokens;
         }
 
@@ -347,6 +367,7 @@ impl Router {
             first_byte_at: None,
             prefill_tokens: pick.uncached_tokens,
             queued_ahead,
+            prompt_estimate: prompt.tokens,
             cache,
             probe,
             done: false,

@@ -1,33 +1,47 @@
-//! Ours: send each request where it will get its first token soonest.
+//! Ours: send each request where it will get its first token soonest
+//! without making later requests slower.
 //!
-//! For every evaluated node the strategy estimates
+//! For every evaluated node the strategy computes a cost in seconds:
 //!
 //! ```text
-//! est_ttft = uncached_tokens / rate + outstanding_prefill / rate
-//!          + in_flight × per_request_seconds
-//!          + max(0, in_flight + 1 − node_concurrency) × decode_seconds
+//! cost = (uncached + work_penalty × private_uncached
+//!         + eviction_penalty × evicted) / rate
+//!      + outstanding_prefill / rate
+//!      + in_flight × per_request_seconds
+//!      + max(0, in_flight + 1 − node_concurrency) × decode_seconds
+//!      + active_conversation_seconds × active × default_rate / rate
 //! ```
 //!
-//! where `uncached_tokens` comes from the cache model's longest cached prefix
-//! on that node (or, for the benchmark's oracle, from the node's true cache),
-//! `rate` is the node's learned prefill rate, and `outstanding_prefill` the
-//! uncached tokens of requests already routed there that have not produced a
-//! first byte. The lowest estimate wins.
+//! * `uncached`: prompt tokens past the node's longest cached prefix, from
+//!   the cache model (or, for the benchmark's oracle, the node's true cache);
+//! * `private_uncached`: the part of `uncached` past the *shared* prefix
+//!   (blocks held by at least two cache entries in the cluster, typically a
+//!   system prompt and tool list). Moving a conversation away from the node
+//!   that holds it re-prefills its whole private history, and every later
+//!   turn pays again, so that work is weighed `1 + work_penalty` times;
+//!   re-prefilling a shared system prompt on a new node is paid once;
+//! * `evicted`: when the request would add an entry to a node whose prompt
+//!   cache is full and whose least recently used entry is still active, the
+//!   private tokens of that conversation (it loses its cache);
+//! * `outstanding_prefill`: uncached tokens of requests already routed to
+//!   the node that have not produced a first byte (its prefill queue);
+//! * `rate`: the node's learned prefill rate;
+//! * `active`: conversations (cache entries) used on the node within
+//!   `active_window` — the turns they will send soon are load the queue does
+//!   not show yet; this term spreads new conversations.
 //!
-//! Nodes within `max(tie_abs_seconds, tie_relative × best)` of the best are
-//! tied. A tie goes to the session's node when it is among them, otherwise
-//! to the highest rendezvous hash of `(key block, node id)`, where the key
-//! block is the hash of the first `rendezvous_blocks` blocks past the
-//! winner's cached prefix. Cold prompts with the same system prompt
-//! therefore land on the same node (which then caches it once), prompts
-//! that share a cached system prompt spread over its holders by their first
-//! user blocks, and independent gateway replicas make the same choice
-//! without talking.
+//! The lowest cost wins. Nodes within `max(tie_abs_seconds, tie_relative ×
+//! best)` of the best are tied; a tie goes to the session's node when it is
+//! among them, otherwise to the highest rendezvous hash of `(key block, node
+//! id)`, where the key block is the hash of the first `rendezvous_blocks`
+//! blocks past the winner's cached prefix. Cold prompts with the same system
+//! prompt therefore land on the same node, and independent gateway replicas
+//! make the same choice without talking.
 //!
 //! Up to `full_scan_limit` candidates every node is evaluated. Above it only
 //! the nodes holding a prefix (from the block index) plus `sample_candidates`
 //! nodes chosen by hashing the prompt's first blocks are, so a decision costs
-//! O(blocks-lookups + holders), not O(nodes).
+//! O(index lookups + holders), not O(nodes).
 
 use cluster_types::fingerprint::xxh64;
 use cluster_types::{NodeId, RoutingContext, RoutingReason};
@@ -48,8 +62,11 @@ pub trait CacheOracle: Send + Sync + std::fmt::Debug {
 /// Where cached-prefix knowledge comes from.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Knowledge<'a> {
+    /// The cache model alone.
     Model(&'a CacheModel),
-    Oracle(&'a dyn CacheOracle),
+    /// True cached tokens from the oracle (the model still gives shared
+    /// prefixes and active conversations).
+    Oracle(&'a CacheModel, &'a dyn CacheOracle),
 }
 
 /// The request as the cost model sees it.
@@ -62,10 +79,16 @@ pub(crate) struct Prompt<'a> {
     pub(crate) blocks: &'a [u64],
     /// Estimated prompt tokens (≥ 1).
     pub(crate) tokens: u64,
+    /// Cache entries used since this instant count as active conversations.
+    pub(crate) active_since: std::time::Instant,
 }
 
 impl<'a> Prompt<'a> {
-    pub(crate) fn new(ctx: &'a RoutingContext, bytes_per_token: u64) -> Self {
+    pub(crate) fn new(
+        ctx: &'a RoutingContext,
+        bytes_per_token: u64,
+        active_since: std::time::Instant,
+    ) -> Self {
         let fp = &ctx.fingerprint;
         let tokens = if ctx.prompt_tokens_estimate > 0 {
             u64::from(ctx.prompt_tokens_estimate)
@@ -77,6 +100,7 @@ impl<'a> Prompt<'a> {
             chain: fp.full_blocks(),
             blocks: fp.blocks(),
             tokens: tokens.max(1),
+            active_since,
         }
     }
 
@@ -122,9 +146,23 @@ pub(crate) fn rate(node: &SnapNode, cost: &CostParams) -> f64 {
     }
 }
 
-/// Estimated seconds to first token for `uncached` new tokens on `node`.
-pub(crate) fn estimate(node: &SnapNode, uncached: u64, cost: &CostParams) -> f64 {
+/// What the cost of one node depends on besides its live counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Work {
+    /// Prompt tokens the node would have to prefill.
+    pub(crate) uncached: u64,
+    /// Of those, tokens past the cluster-wide shared prefix.
+    pub(crate) private: u64,
+    /// Tokens of an active conversation this request would evict.
+    pub(crate) evicted: u64,
+    /// Conversations active on the node.
+    pub(crate) active: usize,
+}
+
+/// The cost in seconds of sending the request to `node` (module docs).
+pub(crate) fn estimate(node: &SnapNode, work: Work, cost: &CostParams) -> f64 {
     let r = rate(node, cost);
+    let default_rate = cost.default_prefill_tokens_per_second.max(1e-3);
     let outstanding = f(node
         .live
         .outstanding_prefill
@@ -135,7 +173,14 @@ pub(crate) fn estimate(node: &SnapNode, uncached: u64, cost: &CostParams) -> f64
         _ => cost.default_decode_seconds,
     };
     let over = (in_flight + 1).saturating_sub(u64::from(cost.node_concurrency.max(1)));
-    (f(uncached) + outstanding) / r + f(in_flight) * cost.per_request_seconds + f(over) * decode
+    (f(work.uncached)
+        + cost.work_penalty.max(0.0) * f(work.private)
+        + cost.eviction_penalty.max(0.0) * f(work.evicted)
+        + outstanding)
+        / r
+        + f(in_flight) * cost.per_request_seconds
+        + f(over) * decode
+        + cost.active_conversation_seconds * f(work.active as u64) * default_rate / r
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -164,14 +209,26 @@ pub(crate) fn choose(
     prefer: Option<u32>,
     scratch: &mut Scratch,
 ) -> Option<Pick> {
+    let (model, oracle) = match knowledge {
+        Knowledge::Model(m) => (m, None),
+        Knowledge::Oracle(m, o) => (m, Some(o)),
+    };
+    let shared = model.shared_prefix(prompt.chain, 2);
+    let since = prompt.active_since;
+    let work_for = |node: &SnapNode, uncached: u64, matched: usize| Work {
+        uncached,
+        private: uncached.min(prompt.uncached(matched.max(shared))),
+        evicted: model.eviction_tokens(node.live.cache_slot, prompt.chain, since),
+        active: model.active_entries(node.live.cache_slot, since),
+    };
     let n = c.len();
     if n == 0 {
         return None;
     }
     scratch.evals.clear();
     let evals = &mut scratch.evals;
-    match knowledge {
-        Knowledge::Oracle(oracle) => {
+    match oracle {
+        Some(oracle) => {
             for k in c.allowed_positions() {
                 let node = c.node(k);
                 let cached = oracle.cached_tokens(&node.entry.spec.id, prompt.ctx);
@@ -180,12 +237,12 @@ pub(crate) fn choose(
                     index: c.index(k),
                     matched: 0,
                     uncached,
-                    est: estimate(node, uncached, cost),
+                    est: estimate(node, work_for(node, uncached, 0), cost),
                     id_hash: node.id_hash,
                 });
             }
         }
-        Knowledge::Model(model) => {
+        None => {
             model.longest_matches(prompt.chain, &mut scratch.matches);
             let matches = &scratch.matches;
             let matched_of = |node: &SnapNode| {
@@ -201,7 +258,7 @@ pub(crate) fn choose(
                     index: i,
                     matched,
                     uncached,
-                    est: estimate(node, uncached, cost),
+                    est: estimate(node, work_for(node, uncached, matched), cost),
                     id_hash: node.id_hash,
                 });
             };
@@ -268,9 +325,7 @@ pub(crate) fn choose(
                 RoutingReason::Rendezvous
             };
             (w, reason)
-        } else if best.matched > 0
-            || (best.uncached < prompt.tokens && matches!(knowledge, Knowledge::Oracle(_)))
-        {
+        } else if best.matched > 0 || (best.uncached < prompt.tokens && oracle.is_some()) {
             (best, RoutingReason::CacheHit)
         } else {
             (best, RoutingReason::LeastLoaded)
@@ -369,7 +424,7 @@ mod tests {
         let turn2 = ctx(&sys, "fix the bug please, and add tests");
         let none = vec![];
         let c = healthy(&snap, &none, s.epoch, &s.clock);
-        let p = Prompt::new(&turn2, 4);
+        let p = Prompt::new(&turn2, 4, Instant::now());
         let pick = choose(
             &c,
             &p,
@@ -397,7 +452,7 @@ mod tests {
         let pick = |ctx: &RoutingContext, scratch: &mut Scratch| {
             choose(
                 &c,
-                &Prompt::new(ctx, 4),
+                &Prompt::new(ctx, 4, Instant::now()),
                 Knowledge::Model(&s.model),
                 &CostParams::default(),
                 None,
@@ -423,7 +478,7 @@ mod tests {
         insert(&mut s, 0, &req);
         let none = vec![];
         let c = healthy(&snap, &none, s.epoch, &s.clock);
-        let p = Prompt::new(&req, 4);
+        let p = Prompt::new(&req, 4, Instant::now());
         let cost = CostParams::default();
         let go = |s: &Setup| {
             choose(
@@ -443,11 +498,13 @@ mod tests {
             .outstanding_prefill
             .store(5_000, Ordering::Relaxed);
         assert_eq!(go(&s).index, 0);
-        // 20k queued: 13 s wait vs 6.7 s cold on n1 → spill.
+        // The prompt is private to n0 (one entry holds it), so moving it
+        // costs (1 + work_penalty) × 6.7 s = 13.3 s: 20k queued (13.3 s) is a
+        // tie, 30k queued (20 s) spills.
         snap.node(0)
             .live
             .outstanding_prefill
-            .store(20_000, Ordering::Relaxed);
+            .store(30_000, Ordering::Relaxed);
         let pick = go(&s);
         assert_eq!(pick.index, 1);
         assert_eq!(pick.reason, RoutingReason::LeastLoaded);
@@ -461,7 +518,7 @@ mod tests {
         let none = vec![];
         let c = healthy(&snap, &none, s.epoch, &s.clock);
         let req = ctx(&"x".repeat(8000), "q");
-        let p = Prompt::new(&req, 4);
+        let p = Prompt::new(&req, 4, Instant::now());
         // n1 is three times faster: it wins a cold prompt outright.
         snap.node(1).live.prefill_rate.store(4500.0);
         let pick = choose(
@@ -525,11 +582,11 @@ mod tests {
         let none = vec![];
         let c = healthy(&snap, &none, s.epoch, &s.clock);
         let req = ctx(&"y".repeat(8000), "q");
-        let p = Prompt::new(&req, 4);
+        let p = Prompt::new(&req, 4, Instant::now());
         let pick = choose(
             &c,
             &p,
-            Knowledge::Oracle(&Truth),
+            Knowledge::Oracle(&s.model, &Truth),
             &CostParams::default(),
             None,
             &mut Scratch::default(),
@@ -547,7 +604,7 @@ mod tests {
         let sys = "Z".repeat(20_000);
         let req = ctx(&sys, "q");
         insert(&mut s, 321, &req);
-        let p = Prompt::new(&req, 4);
+        let p = Prompt::new(&req, 4, Instant::now());
         let mut scratch = Scratch::default();
         let pick = choose(
             &c,
@@ -564,7 +621,7 @@ mod tests {
         assert!(scratch.evals.len() <= 1 + CostParams::default().sample_candidates);
         // A cold prompt picks deterministically among a few sampled nodes.
         let cold = ctx(&"W".repeat(20_000), "q");
-        let pc = Prompt::new(&cold, 4);
+        let pc = Prompt::new(&cold, 4, Instant::now());
         let a = choose(
             &c,
             &pc,
@@ -602,19 +659,19 @@ mod tests {
     #[test]
     fn prompt_token_arithmetic() {
         let req = ctx(&"a".repeat(1000), "b");
-        let p = Prompt::new(&req, 4);
+        let p = Prompt::new(&req, 4, Instant::now());
         assert_eq!(p.uncached(0), p.tokens);
         assert_eq!(p.uncached(p.blocks.len()), 0);
         assert_eq!(p.uncached(usize::MAX), 0);
         let empty = RoutingContext::default();
-        let pe = Prompt::new(&empty, 4);
+        let pe = Prompt::new(&empty, 4, Instant::now());
         assert_eq!(pe.tokens, 1);
         assert_eq!(pe.key(0, 8), 0);
         let named = RoutingContext {
             model: Some("m".into()),
             ..RoutingContext::default()
         };
-        assert_ne!(Prompt::new(&named, 4).key(0, 8), 0);
+        assert_ne!(Prompt::new(&named, 4, Instant::now()).key(0, 8), 0);
         assert_ne!(rendezvous(1, 2), rendezvous(2, 1));
     }
 }
