@@ -9,6 +9,10 @@ use cluster_metrics::Clock;
 /// runtime it is the system monotonic clock. Stateless; the default clock of
 /// [`ClusterHealth`](crate::ClusterHealth).
 ///
+/// Read from a thread outside any runtime context, tokio falls back to the
+/// system clock; that matters only with paused time, where such a thread
+/// should first `enter()` the runtime's handle.
+///
 /// ```
 /// use cluster_health::TokioClock;
 /// use cluster_metrics::Clock;

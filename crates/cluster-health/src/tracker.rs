@@ -54,8 +54,9 @@
 //! **persists**: the node has answered overload at least
 //! `max_consecutive_failures` times with no success in between, over at
 //! least [`BreakerPolicy::overload_persist_after`] (default 30 s, the
-//! health window), and the previous overload answer was less than one
-//! window ago. From then on every overload answer of that streak is
+//! health window), and the streak was never interrupted for a whole window
+//! (the previous overload answer, or the end of the saturation it asked
+//! for, was less than one window ago). From then on every overload answer of that streak is
 //! recorded as a failure; any success ends the streak. A half-open probe
 //! answered with (non-persistent) overload re-opens nothing: the next probe
 //! is admitted when the saturation ends.
@@ -641,12 +642,19 @@ impl NodeHealthTracker {
             .unwrap_or(self.policy.default_retry_after)
             .min(self.policy.max_retry_after);
         let until = now + delay;
-        self.saturated_until = Some(self.saturated_until.map_or(until, |old| old.max(until)));
+        let previous_end = self.saturated_until;
+        self.saturated_until = Some(previous_end.map_or(until, |old| old.max(until)));
         self.penalty.bump(now);
 
         let window = self.window.window();
         let streak = match self.overload {
-            Some(mut s) if now.saturating_duration_since(s.last) < window => {
+            // The streak goes on while the previous answer, or the end of the
+            // saturation the node asked for, is less than a window ago.
+            Some(mut s)
+                if now.saturating_duration_since(
+                    previous_end.map_or(s.last, |end| end.max(s.last)),
+                ) < window =>
+            {
                 s.last = now;
                 s.count = s.count.saturating_add(1);
                 s

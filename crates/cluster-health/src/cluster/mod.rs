@@ -1195,3 +1195,6 @@ impl Drop for ClusterHealth {
         self.stop();
     }
 }
+
+#[cfg(test)]
+mod tests;
