@@ -327,6 +327,23 @@ impl CacheModel {
             .map_or(0, |n| n.effective_entries(self.params.max_entries_per_node))
     }
 
+    /// Evicts the node's least recently used entries until at most
+    /// `max_entries` remain (the node said it holds that many); returns how
+    /// many were dropped.
+    pub fn trim_node(&mut self, slot: u32, max_entries: usize) -> usize {
+        let Some(Some(node)) = self.nodes.get_mut(slot as usize) else {
+            return 0;
+        };
+        let mut dropped = 0;
+        while node.entries.len() > max_entries {
+            let e = node.entries.remove(0);
+            node.tokens = node.tokens.saturating_sub(e.tokens);
+            Self::unindex(&mut self.index, slot, e.blocks());
+            dropped += 1;
+        }
+        dropped
+    }
+
     /// Entries of the node used at or after `since`: the conversations
     /// currently living there.
     #[must_use]
@@ -975,6 +992,9 @@ mod tests {
         }
         assert_eq!(m.active_entries(a, t + Duration::from_secs(180)), 3);
         assert_eq!(m.active_entries(a, t), 6);
+        assert_eq!(m.trim_node(a, 5), 1);
+        assert_eq!(m.trim_node(a, 9), 0);
+        assert_eq!(m.trim_node(42, 0), 0);
         m.set_node_limits(a, Some(2), None);
         assert_eq!(m.node_stats(a).0, 2);
         m.set_node_limits(a, None, Some(10));

@@ -115,6 +115,36 @@ impl RequestOutcome {
     }
 }
 
+/// One request's claim on a half-open node's single probe slot.
+pub(crate) trait ProbeTicket: Send {
+    /// Reports the probe request's outcome (this is the node's passive
+    /// health signal for the request).
+    fn complete(self: Box<Self>, outcome: &RequestOutcome, latency: Duration);
+}
+
+/// Hands out probe slots (the cluster's health orchestrator).
+pub(crate) trait ProbeGate: Send + Sync {
+    /// The node's probe slot, if it is free now.
+    fn try_acquire(&self, node: &NodeId) -> Option<Box<dyn ProbeTicket>>;
+}
+
+/// How a request holds a probe slot.
+pub(crate) enum ProbeClaim {
+    /// The node's own flag (routers without health).
+    Flag,
+    /// A permit from the health orchestrator.
+    Ticket(Box<dyn ProbeTicket>),
+}
+
+impl std::fmt::Debug for ProbeClaim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Flag => "ProbeClaim::Flag",
+            Self::Ticket(_) => "ProbeClaim::Ticket",
+        })
+    }
+}
+
 /// Cache-model bookkeeping of one request.
 #[derive(Debug)]
 pub(crate) struct CacheTicket {
@@ -149,7 +179,7 @@ pub struct RequestGuard {
     /// the router keeps; reported counts are converted by ratio).
     pub(crate) prompt_estimate: u64,
     pub(crate) cache: Option<CacheTicket>,
-    pub(crate) probe: bool,
+    pub(crate) probe: Option<ProbeClaim>,
     pub(crate) done: bool,
 }
 
@@ -325,11 +355,20 @@ impl RequestGuard {
                 }
             }
         }
-        if self.probe {
-            live.probe_in_flight.store(false, Ordering::Release);
-        }
-        if let Some(obs) = shared.observer.get() {
-            obs.observe(&self.node_id, &outcome, latency);
+        match self.probe.take() {
+            Some(ProbeClaim::Flag) => {
+                live.probe_in_flight.store(false, Ordering::Release);
+                if let Some(obs) = shared.observer.get() {
+                    obs.observe(&self.node_id, &outcome, latency);
+                }
+            }
+            // The probe's outcome is the health signal: no second report.
+            Some(ProbeClaim::Ticket(ticket)) => ticket.complete(&outcome, latency),
+            None => {
+                if let Some(obs) = shared.observer.get() {
+                    obs.observe(&self.node_id, &outcome, latency);
+                }
+            }
         }
     }
 

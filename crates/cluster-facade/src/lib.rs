@@ -46,9 +46,13 @@
 #![forbid(unsafe_code)]
 
 pub mod cache_model;
+mod config;
+mod coordinator;
 mod error;
+mod events;
 mod guard;
 mod live;
+mod manager;
 mod params;
 mod router;
 #[cfg(test)]
@@ -57,8 +61,12 @@ mod snapshot;
 mod strategy;
 
 pub use cache_model::{CacheModel, CacheModelParams};
+pub use config::{load_config, load_config_with_env};
+pub use coordinator::{WARMUP_USER_MESSAGE, warmup_context};
 pub use error::FacadeError;
+pub use events::ClusterEvent;
 pub use guard::{FailureKind, NodeTarget, RequestGuard, RequestOutcome, Selection};
+pub use manager::{Cluster, ClusterBuilder, EVENT_CAPACITY};
 pub use params::{CostParams, RouterParams, StrategyKind};
 pub use router::{Router, TAG_CACHE_ENTRIES, TAG_CACHE_TOKENS};
 pub use snapshot::{ClusterSnapshot, NodeEntry};

@@ -18,7 +18,7 @@ use rand::rngs::SmallRng;
 
 use crate::cache_model::CacheModel;
 use crate::error::FacadeError;
-use crate::guard::{CacheTicket, NodeTarget, RequestGuard, RequestOutcome, Selection};
+use crate::guard::{CacheTicket, NodeTarget, ProbeGate, RequestGuard, RequestOutcome, Selection};
 use crate::live::{Epoch, NodeLive};
 use crate::params::{RouterParams, StrategyKind};
 use crate::snapshot::{ClusterSnapshot, NodeEntry, SnapNode};
@@ -65,6 +65,7 @@ pub(crate) struct RouterShared {
     rng: Mutex<SmallRng>,
     oracle: Option<Arc<dyn CacheOracle>>,
     pub(crate) observer: OnceLock<Arc<dyn OutcomeObserver>>,
+    probe_gate: OnceLock<Arc<dyn ProbeGate>>,
 }
 
 impl fmt::Debug for RouterShared {
@@ -145,6 +146,7 @@ impl Router {
             score: CacheScore::default(),
             oracle,
             observer: OnceLock::new(),
+            probe_gate: OnceLock::new(),
         };
         Self {
             shared: Arc::new(shared),
@@ -165,6 +167,10 @@ impl Router {
 
     pub(crate) fn set_observer(&self, observer: Arc<dyn OutcomeObserver>) {
         let _ = self.shared.observer.set(observer);
+    }
+
+    pub(crate) fn set_probe_gate(&self, gate: Arc<dyn ProbeGate>) {
+        let _ = self.shared.probe_gate.set(gate);
     }
 
     /// The current snapshot.
@@ -275,8 +281,13 @@ impl Router {
         let mut model_guard = cache_aware.then(|| shared.cache.lock());
         let mut scratch = cache_aware.then(|| shared.scratch.lock());
 
-        let choice =
-            filter::select_with(&snap, ctx.model.as_deref(), &ctx.excluded, now_enc, |c| {
+        let choice = filter::select_with(
+            &snap,
+            ctx.model.as_deref(),
+            &ctx.excluded,
+            now_enc,
+            shared.probe_gate.get().map(|g| g.as_ref()),
+            |c| {
                 if !cache_aware {
                     if let Some(p) = prefer.filter(|&p| c.admits(p)) {
                         return Some(Pick::new(p, RoutingReason::SessionAffinity, 1.0));
@@ -299,7 +310,8 @@ impl Router {
                         cache_aware::choose(c, &prompt, knowledge, &params.cost, prefer, scratch)
                     }
                 }
-            });
+            },
+        );
         drop(scratch);
         let Some((mut pick, probe)) = choice else {
             return Err(FacadeError::NoRoutableNode {
@@ -497,6 +509,52 @@ impl Router {
             .iter()
             .map(|n| (n.entry.spec.id.clone(), Arc::clone(&n.live.counters)))
             .collect()
+    }
+
+    /// Records that `node` now holds `ctx`'s prompt (a warm-up request
+    /// completed there).
+    pub fn record_cached(&self, node: &NodeId, ctx: &RoutingContext) {
+        let snap = self.shared.snapshot.load();
+        let Some(i) = snap.index_of(node) else {
+            return;
+        };
+        let chain = ctx.fingerprint.full_blocks();
+        if chain.is_empty() {
+            return;
+        }
+        let now = self.shared.clock.now();
+        let tokens = Prompt::new(ctx, self.shared.params.cost.bytes_per_token, now).tokens;
+        let slot = snap.node(i).live.cache_slot;
+        self.shared
+            .cache
+            .lock()
+            .insert(slot, Arc::from(chain), tokens, now);
+    }
+
+    /// Skips `node` until `until` (it answered 429/503, or health saw it
+    /// saturated).
+    pub fn mark_saturated(&self, node: &NodeId, until: Instant) {
+        let snap = self.shared.snapshot.load();
+        if let Some(i) = snap.index_of(node) {
+            let enc = self.shared.epoch.encode(until);
+            snap.node(i)
+                .live
+                .saturated_until
+                .fetch_max(enc, Ordering::Relaxed);
+        }
+    }
+
+    /// Applies a node's own report of how many prompt-cache entries it
+    /// holds: 0 clears the model of the node (it restarted); fewer than the
+    /// model believes evicts the least recently used ones. Returns the
+    /// entries dropped.
+    pub fn sync_cache_entries(&self, node: &NodeId, entries: usize) -> usize {
+        let snap = self.shared.snapshot.load();
+        let Some(i) = snap.index_of(node) else {
+            return 0;
+        };
+        let slot = snap.node(i).live.cache_slot;
+        self.shared.cache.lock().trim_node(slot, entries)
     }
 
     /// Drops what the cache model believes about a node (e.g. it restarted).

@@ -21,18 +21,22 @@ use std::sync::atomic::Ordering;
 use cluster_types::{NodeId, RoutingReason};
 
 use super::{Candidates, Pick};
+use crate::guard::{ProbeClaim, ProbeGate};
 use crate::snapshot::{ClusterSnapshot, Tier};
 
 /// Runs the passes of the [module docs](self), calling `choose` on each
-/// candidate list. Returns the pick and whether it holds the node's probe
-/// slot (to be released when the request ends).
+/// candidate list. Returns the pick and, for a half-open probe, the claim on
+/// the node's probe slot (released when the request ends). The slot is the
+/// health orchestrator's permit when a `gate` is given (the only place
+/// where `select` asks health for anything), else a flag on the node.
 pub(crate) fn select_with(
     snap: &ClusterSnapshot,
     model: Option<&str>,
     excluded: &[NodeId],
     now_enc: u64,
+    gate: Option<&dyn ProbeGate>,
     mut choose: impl FnMut(&Candidates<'_>) -> Option<Pick>,
-) -> Option<(Pick, bool)> {
+) -> Option<(Pick, Option<ProbeClaim>)> {
     let lists = snap.lists_for(model);
     let passes = [
         (Tier::Healthy, true),
@@ -61,7 +65,7 @@ pub(crate) fn select_with(
             if !check_saturation {
                 pick.reason = RoutingReason::Fallback;
             }
-            return Some((pick, false));
+            return Some((pick, None));
         }
     }
     let probe = Candidates {
@@ -74,15 +78,22 @@ pub(crate) fn select_with(
         check_saturation: false,
     };
     for k in probe.allowed_positions() {
-        let live = &probe.node(k).live;
-        if live
-            .probe_in_flight
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-        {
+        let node = probe.node(k);
+        let claim = match gate {
+            Some(gate) => gate
+                .try_acquire(&node.entry.spec.id)
+                .map(ProbeClaim::Ticket),
+            None => node
+                .live
+                .probe_in_flight
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+                .then_some(ProbeClaim::Flag),
+        };
+        if let Some(claim) = claim {
             return Some((
                 Pick::new(probe.index(k), RoutingReason::Fallback, 0.0),
-                true,
+                Some(claim),
             ));
         }
     }
@@ -106,13 +117,13 @@ mod tests {
 
     fn ids(
         snap: &ClusterSnapshot,
-        got: Option<(Pick, bool)>,
+        got: Option<(Pick, Option<ProbeClaim>)>,
     ) -> Option<(String, RoutingReason, bool)> {
         got.map(|(p, probe)| {
             (
                 snap.node(p.index).entry.spec.id.as_str().to_owned(),
                 p.reason,
-                probe,
+                probe.is_some(),
             )
         })
     }
@@ -129,7 +140,7 @@ mod tests {
         let o = snap_node("o", NodeStatus::Offline, 3, &clock);
         let i = snap_node("i", NodeStatus::Initializing, 4, &clock);
         let snap = ClusterSnapshot::build(1, vec![h, d, u, o, i]);
-        let sel = |ex: &[NodeId]| ids(&snap, select_with(&snap, None, ex, now, first));
+        let sel = |ex: &[NodeId]| ids(&snap, select_with(&snap, None, ex, now, None, first));
         assert_eq!(
             sel(&[]),
             Some(("h".into(), RoutingReason::RoundRobin, false))
@@ -188,7 +199,8 @@ mod tests {
         let mut c = snap_node("c", NodeStatus::Degraded, 2, &clock);
         c.entry.models = vec!["qwen".into()];
         let snap = ClusterSnapshot::build(1, vec![a, b, c]);
-        let sel = |m: Option<&str>| ids(&snap, select_with(&snap, m, &[], now, first)).map(|x| x.0);
+        let sel =
+            |m: Option<&str>| ids(&snap, select_with(&snap, m, &[], now, None, first)).map(|x| x.0);
         assert_eq!(sel(None), Some("b".into()));
         assert_eq!(sel(Some("qwen")), Some("c".into()));
         assert_eq!(sel(Some("llama")), Some("b".into()));
