@@ -222,6 +222,12 @@ pub enum GatewayError {
         /// Every problem, one per line.
         message: String,
     },
+    /// The demo could not run.
+    #[error("demo: {message}")]
+    Demo {
+        /// What went wrong.
+        message: String,
+    },
     /// A command needed a gateway over HTTP and the request failed.
     #[error("request to {url} failed: {message}")]
     Http {

@@ -141,11 +141,24 @@ impl GatewayMetrics {
             .map_or(0, |i| self.retries[i].load(Ordering::Relaxed))
     }
 
-    /// Appends the Prometheus text exposition of these counters to `out`.
-    pub fn encode(&self, out: &mut String) {
-        let _ = writeln!(
+    /// Appends the text exposition of these counters to `out`: in the
+    /// OpenMetrics style when `openmetrics` (a counter family's `# HELP` and
+    /// `# TYPE` lines name it without `_total`, as the cluster's own
+    /// exposition does), else in the Prometheus 0.0.4 style.
+    pub fn encode(&self, out: &mut String, openmetrics: bool) {
+        let header = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let family = if openmetrics && kind == "counter" {
+                name.strip_suffix("_total").unwrap_or(name)
+            } else {
+                name
+            };
+            let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} {kind}");
+        };
+        header(
             out,
-            "# HELP mlx_cluster_gateway_responses_total Responses sent to clients by the proxy endpoints, by API and status class.\n# TYPE mlx_cluster_gateway_responses_total counter"
+            "mlx_cluster_gateway_responses_total",
+            "counter",
+            "Responses sent to clients by the proxy endpoints, by API and status class.",
         );
         for api in ApiKind::ALL {
             for (c, class) in STATUS_CLASSES.iter().enumerate() {
@@ -157,9 +170,11 @@ impl GatewayMetrics {
                 );
             }
         }
-        let _ = writeln!(
+        header(
             out,
-            "# HELP mlx_cluster_gateway_retries_total Requests retried on another node before their first byte, by cause.\n# TYPE mlx_cluster_gateway_retries_total counter"
+            "mlx_cluster_gateway_retries_total",
+            "counter",
+            "Requests retried on another node before their first byte, by cause.",
         );
         for (i, cause) in RetryCause::ALL.iter().enumerate() {
             let _ = writeln!(
@@ -169,9 +184,11 @@ impl GatewayMetrics {
                 self.retries[i].load(Ordering::Relaxed)
             );
         }
-        let _ = writeln!(
+        header(
             out,
-            "# HELP mlx_cluster_gateway_stream_failures_total Responses that broke off after they began (streams end with an SSE error event), by cause.\n# TYPE mlx_cluster_gateway_stream_failures_total counter"
+            "mlx_cluster_gateway_stream_failures_total",
+            "counter",
+            "Responses that broke off after they began (streams end with an SSE error event), by cause.",
         );
         for (i, f) in STREAM_FAILURES.iter().enumerate() {
             let _ = writeln!(
@@ -181,16 +198,24 @@ impl GatewayMetrics {
                 self.stream_failures[i].load(Ordering::Relaxed)
             );
         }
+        header(
+            out,
+            "mlx_cluster_gateway_no_routable_node_total",
+            "counter",
+            "Requests answered 503 because no routable node could take them.",
+        );
         let _ = writeln!(
             out,
-            "# HELP mlx_cluster_gateway_no_routable_node_total Requests answered 503 because no routable node could take them.\n# TYPE mlx_cluster_gateway_no_routable_node_total counter\nmlx_cluster_gateway_no_routable_node_total {}",
+            "mlx_cluster_gateway_no_routable_node_total {}",
             self.no_routable_node.load(Ordering::Relaxed)
         );
-        let _ = writeln!(
+        header(
             out,
-            "# HELP mlx_cluster_gateway_in_flight Proxied requests waiting for a node's response headers.\n# TYPE mlx_cluster_gateway_in_flight gauge\nmlx_cluster_gateway_in_flight {}",
-            self.in_flight()
+            "mlx_cluster_gateway_in_flight",
+            "gauge",
+            "Proxied requests waiting for a node's response headers.",
         );
+        let _ = writeln!(out, "mlx_cluster_gateway_in_flight {}", self.in_flight());
     }
 }
 
@@ -226,7 +251,12 @@ mod tests {
         assert_eq!(m.responses(ApiKind::Messages, 5), 1);
         assert_eq!(m.retries(RetryCause::Overloaded), 1);
         let mut text = String::new();
-        m.encode(&mut text);
+        m.encode(&mut text, false);
+        assert!(text.contains("# TYPE mlx_cluster_gateway_retries_total counter"));
+        let mut om = String::new();
+        m.encode(&mut om, true);
+        assert!(om.contains("# TYPE mlx_cluster_gateway_retries counter"));
+        assert!(om.contains("mlx_cluster_gateway_retries_total{cause=\"overloaded\"} 1"));
         assert!(
             text.contains("mlx_cluster_gateway_responses_total{api=\"chat\",status=\"2xx\"} 1")
         );

@@ -87,7 +87,7 @@ pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
     }
-    gw.metrics().encode(&mut text);
+    gw.metrics().encode(&mut text, eof);
     let content_type = if eof {
         text.push_str("# EOF\n");
         "application/openmetrics-text; version=1.0.0; charset=utf-8"

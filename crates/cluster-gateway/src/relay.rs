@@ -154,6 +154,9 @@ pin_project! {
         #[pin]
         idle: Sleep,
         idle_timeout: Duration,
+        // When the last frame arrived; the timer is only (re)armed when the
+        // node's body is pending, never per frame.
+        last_frame: Instant,
         sniffer: Sniffer,
         sink: SinkSlot<S>,
         first_byte_seen: bool,
@@ -187,6 +190,7 @@ impl<B, S: OutcomeSink> RelayBody<B, S> {
             inner,
             idle: tokio::time::sleep(idle_timeout),
             idle_timeout,
+            last_frame: Instant::now(),
             sniffer,
             sink: SinkSlot(Some(sink)),
             first_byte_seen: false,
@@ -258,8 +262,7 @@ where
             State::TruncatedPending => (RelayFailure::Truncated, String::new()),
             State::Streaming => match this.inner.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    let deadline = Instant::now() + *this.idle_timeout;
-                    this.idle.as_mut().reset(deadline);
+                    *this.last_frame = Instant::now();
                     if let Some(data) = frame.data_ref() {
                         let first = match this.sniffer {
                             Sniffer::Sse(s) => s.feed(data).first_data,
@@ -308,6 +311,10 @@ where
                     (RelayFailure::Reset, source.to_string())
                 }
                 Poll::Pending => {
+                    let deadline = *this.last_frame + *this.idle_timeout;
+                    if this.idle.deadline() != deadline {
+                        this.idle.as_mut().reset(deadline);
+                    }
                     ready!(this.idle.as_mut().poll(cx));
                     if !matches!(this.sniffer, Sniffer::Sse(_)) {
                         this.sink

@@ -4,8 +4,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
+use std::time::Duration;
+
 use cluster_types::LogFormat;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -25,7 +30,8 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
 /// Serves `gateway` on `listener` until `shutdown` completes, then stops
 /// accepting connections, lets in-flight requests (streams included) finish
 /// for at most `gateway.shutdown_grace`, and returns. `/readyz` answers 503
-/// from the moment `shutdown` completes. Connections get `TCP_NODELAY`.
+/// from the moment `shutdown` completes. Connections are HTTP/1.1 with
+/// keep-alive and `TCP_NODELAY`.
 ///
 /// The cluster itself is not shut down here (the caller owns it).
 pub async fn serve(
@@ -35,37 +41,50 @@ pub async fn serve(
 ) -> Result<(), GatewayError> {
     let app = gateway.router();
     let grace = gateway.settings().shutdown_grace;
-    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-    let gw = Arc::clone(&gateway);
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
+    let connections = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(error) => {
+                // Out of file descriptors and the like: do not spin.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        gw.begin_shutdown();
-        tracing::info!(
-            ?grace,
-            "shutting down: no new connections, draining in-flight requests"
-        );
-        let _ = signalled_tx.send(());
-    });
-    let server = std::pin::pin!(server.into_future());
-    let deadline = async move {
-        if signalled_rx.await.is_ok() {
-            tokio::time::sleep(grace).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
+        let service = TowerToHyperService::new(app.clone());
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(60))
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "client connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    gateway.begin_shutdown();
+    tracing::info!(
+        ?grace,
+        "shutting down: no new connections, draining in-flight requests"
+    );
     tokio::select! {
-        result = server => result.map_err(|source| GatewayError::Serve { source }),
-        () = deadline => {
+        () = connections.shutdown() => tracing::info!("every connection finished"),
+        () = tokio::time::sleep(grace) => {
             tracing::warn!(?grace, "shutdown grace expired with requests still in flight; closing them");
-            Ok(())
         }
     }
+    Ok(())
 }
 
 /// Completes on Ctrl-C (SIGINT) or SIGTERM.
