@@ -53,6 +53,8 @@ mod events;
 mod guard;
 mod live;
 mod manager;
+#[cfg(test)]
+mod manager_tests;
 mod params;
 mod router;
 #[cfg(test)]
