@@ -401,10 +401,10 @@ impl CacheModel {
     /// Forgets a node and everything it was believed to hold.
     pub fn remove_node(&mut self, slot: u32) {
         self.clear_node(slot);
-        if let Some(n) = self.nodes.get_mut(slot as usize) {
-            if n.take().is_some() {
-                self.free.push(slot);
-            }
+        if let Some(n) = self.nodes.get_mut(slot as usize)
+            && n.take().is_some()
+        {
+            self.free.push(slot);
         }
     }
 
@@ -447,10 +447,10 @@ impl CacheModel {
 
     fn unindex(index: &mut BlockMap<Holders>, slot: u32, blocks: &[u64]) {
         for b in blocks {
-            if let Some(h) = index.get_mut(b) {
-                if h.dec(slot) {
-                    index.remove(b);
-                }
+            if let Some(h) = index.get_mut(b)
+                && h.dec(slot)
+            {
+                index.remove(b);
             }
         }
     }
@@ -722,15 +722,15 @@ impl CacheModel {
             self.truncate_at(slot, k, kept_blocks);
             changed += 1;
         }
-        if let (Some(own), Some(tokens)) = (own, tokens) {
-            if let Some(k) = self.position(slot, own) {
-                if let Some(Some(node)) = self.nodes.get_mut(slot as usize) {
-                    let e = &mut node.entries[k];
-                    node.tokens = node.tokens - e.tokens + tokens;
-                    e.tokens = tokens;
-                }
-                self.enforce_limits(slot);
+        if let (Some(own), Some(tokens)) = (own, tokens)
+            && let Some(k) = self.position(slot, own)
+        {
+            if let Some(Some(node)) = self.nodes.get_mut(slot as usize) {
+                let e = &mut node.entries[k];
+                node.tokens = node.tokens - e.tokens + tokens;
+                e.tokens = tokens;
             }
+            self.enforce_limits(slot);
         }
         changed
     }

@@ -373,10 +373,10 @@ impl RequestGuard {
     }
 
     fn rollback(&mut self) {
-        if let Some(ticket) = self.cache.take() {
-            if let Some(ins) = ticket.inserted {
-                self.shared.cache.lock().rollback(ticket.slot, ins);
-            }
+        if let Some(ticket) = self.cache.take()
+            && let Some(ins) = ticket.inserted
+        {
+            self.shared.cache.lock().rollback(ticket.slot, ins);
         }
     }
 

@@ -54,11 +54,13 @@ fn specs(ids: &[&str]) -> Vec<NodeSpec> {
 }
 
 fn config(ids: &[&str]) -> ClusterConfig {
-    let mut c = ClusterConfig::default();
-    c.discovery = cluster_types::DiscoveryConfig::Static(StaticDiscovery {
-        nodes: specs(ids),
-        ..StaticDiscovery::default()
-    });
+    let mut c = ClusterConfig {
+        discovery: cluster_types::DiscoveryConfig::Static(StaticDiscovery {
+            nodes: specs(ids),
+            ..StaticDiscovery::default()
+        }),
+        ..ClusterConfig::default()
+    };
     // Keep the housekeeping tick far away (it would try HTTP cache sync).
     c.cache.sync_interval = Duration::from_secs(3600);
     c

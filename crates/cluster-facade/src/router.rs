@@ -288,10 +288,8 @@ impl Router {
             now_enc,
             shared.probe_gate.get().map(|g| g.as_ref()),
             |c| {
-                if !cache_aware {
-                    if let Some(p) = prefer.filter(|&p| c.admits(p)) {
-                        return Some(Pick::new(p, RoutingReason::SessionAffinity, 1.0));
-                    }
+                if !cache_aware && let Some(p) = prefer.filter(|&p| c.admits(p)) {
+                    return Some(Pick::new(p, RoutingReason::SessionAffinity, 1.0));
                 }
                 match strategy {
                     StrategyKind::RoundRobin => shared.rr.choose(c),

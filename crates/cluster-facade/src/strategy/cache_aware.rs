@@ -269,10 +269,10 @@ pub(crate) fn choose(
                 }
             } else {
                 for &(slot, matched) in matches {
-                    if let Some(i) = c.snap.index_of_slot(slot) {
-                        if c.admits(i) {
-                            push(evals, i, matched);
-                        }
+                    if let Some(i) = c.snap.index_of_slot(slot)
+                        && c.admits(i)
+                    {
+                        push(evals, i, matched);
                     }
                 }
                 let key = prompt.key(0, cost.rendezvous_blocks);

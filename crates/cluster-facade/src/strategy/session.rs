@@ -57,14 +57,13 @@ impl SessionTable {
         if map.len() >= self.max {
             let ttl = self.ttl;
             map.retain(|_, s| now.saturating_duration_since(s.last_used) <= ttl);
-            if map.len() >= self.max {
-                if let Some(oldest) = map
+            if map.len() >= self.max
+                && let Some(oldest) = map
                     .iter()
                     .min_by_key(|(_, s)| s.last_used)
                     .map(|(k, _)| k.clone())
-                {
-                    map.remove(&oldest);
-                }
+            {
+                map.remove(&oldest);
             }
         }
         map.insert(
