@@ -134,9 +134,12 @@ impl SnapNode {
     }
 }
 
-/// The published, immutable view of the node set (see the [module
-/// docs](self)). Cheap to read: `Cluster::select` loads it with one atomic
-/// operation.
+/// The published, immutable view of the node set: every node's spec,
+/// models, status and drain flag, sorted by id, with candidate lists
+/// precomputed per status tier and per model. Rebuilt only when membership,
+/// status, models or drain flags change; per-request state lives beside it
+/// in shared atomics. Cheap to read: `Cluster::select` loads it with one
+/// atomic operation.
 #[derive(Debug, Default)]
 pub struct ClusterSnapshot {
     generation: u64,
