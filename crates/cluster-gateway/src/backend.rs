@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use cluster_facade::{FacadeError, Router, Selection};
+use cluster_facade::{Cluster, FacadeError, Router, Selection};
 use cluster_types::{ClusterMetrics, ClusterState, Node, NodeId, RoutingContext};
 
 /// A boxed future (object-safe async).
@@ -111,5 +111,40 @@ impl ClusterHandle for Router {
 
     fn refresh_discovery(&self) -> BoxFuture<'_, Result<(), FacadeError>> {
         Box::pin(async { Ok(()) })
+    }
+}
+
+/// The real cluster: discovery, health, routing and cache coordination.
+impl ClusterHandle for Cluster {
+    fn select(&self, ctx: &RoutingContext) -> Result<Selection, FacadeError> {
+        Cluster::select(self, ctx)
+    }
+
+    fn status(&self) -> ClusterState {
+        Cluster::status(self)
+    }
+
+    fn models(&self) -> Vec<String> {
+        Cluster::models(self)
+    }
+
+    fn is_ready(&self) -> bool {
+        Cluster::is_ready(self)
+    }
+
+    fn encode_prometheus(&self) -> String {
+        Cluster::encode_prometheus(self)
+    }
+
+    fn drain(&self, node: &NodeId) -> Result<(), FacadeError> {
+        Cluster::drain(self, node)
+    }
+
+    fn undrain(&self, node: &NodeId) -> Result<(), FacadeError> {
+        Cluster::undrain(self, node)
+    }
+
+    fn refresh_discovery(&self) -> BoxFuture<'_, Result<(), FacadeError>> {
+        Box::pin(Cluster::refresh_discovery(self))
     }
 }

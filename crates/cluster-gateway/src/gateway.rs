@@ -85,6 +85,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// A gateway over a started cluster, with the settings of the cluster's
+    /// configuration. Must be called inside a Tokio runtime.
+    #[must_use]
+    pub fn from_cluster(cluster: cluster_facade::Cluster) -> Arc<Self> {
+        let settings = GatewaySettings::from_config(cluster.config());
+        Self::new(cluster, settings)
+    }
+
     /// A gateway over `cluster` (a started `cluster_facade::Cluster`, or a
     /// bare `Router`) with `settings`. Must be called inside a Tokio runtime.
     #[must_use]

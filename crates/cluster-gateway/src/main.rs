@@ -1,3 +1,10 @@
-//! `mlx-cluster`: the gateway binary.
+//! `mlx-cluster`: the gateway binary (see `docs/gateway.md`).
 
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+use cluster_gateway::cli::{Cli, run};
+
+fn main() -> ExitCode {
+    run(Cli::parse())
+}
