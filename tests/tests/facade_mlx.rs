@@ -15,8 +15,8 @@ use std::time::Duration;
 use cluster_facade::{Cluster, ClusterEvent, FailureKind, RequestOutcome, Selection};
 use cluster_tests::mlx::{MlxFixture, MlxServer};
 use cluster_types::{
-    BackoffConfig, ClusterConfig, DiscoveryConfig, NodeId, NodeSpec, NodeStatus,
-    PrefixFingerprint, RoutingContext, RoutingReason, SegmentKind, StaticDiscovery,
+    BackoffConfig, ClusterConfig, DiscoveryConfig, NodeId, NodeSpec, NodeStatus, PrefixFingerprint,
+    RoutingContext, RoutingReason, SegmentKind, StaticDiscovery,
 };
 use serde_json::{Value, json};
 use tokio::sync::broadcast::Receiver;
@@ -72,7 +72,9 @@ fn request(model: &str, system: &str, user: &str) -> (Value, RoutingContext) {
 /// Sends the request where the cluster said; reports the outcome; returns
 /// `(prompt_tokens, cached_tokens)` on success.
 async fn send(http: &reqwest::Client, sel: Selection, body: &Value) -> Option<(u64, u64)> {
-    let Selection { target, mut guard, .. } = sel;
+    let Selection {
+        target, mut guard, ..
+    } = sel;
     let resp = match http
         .post(format!("{}/v1/chat/completions", target.base_url))
         .json(body)
@@ -103,7 +105,11 @@ async fn send(http: &reqwest::Client, sel: Selection, body: &Value) -> Option<(u
         .unwrap_or(0);
     let completion = v["usage"]["completion_tokens"].as_u64().unwrap_or(0);
     let u = |x: u64| u32::try_from(x).unwrap();
-    guard.finish(RequestOutcome::success_with_usage(u(prompt), u(cached), u(completion)));
+    guard.finish(RequestOutcome::success_with_usage(
+        u(prompt),
+        u(cached),
+        u(completion),
+    ));
     Some((prompt, cached))
 }
 
@@ -136,13 +142,20 @@ async fn cluster_routes_warms_and_survives_a_real_mlx_server_restart() {
 
     let cluster = Cluster::start(config).await.unwrap();
     let mut events = cluster.subscribe();
-    assert!(cluster.is_ready(), "{:?}\n{}", cluster.status(), server.log_tail());
+    assert!(
+        cluster.is_ready(),
+        "{:?}\n{}",
+        cluster.status(),
+        server.log_tail()
+    );
     assert!(cluster.models().contains(&model), "{:?}", cluster.models());
 
     // Warm-up cached the system prompt on the node.
-    let warmed = wait_for(&mut events, "warm-up", |e| {
-        matches!(e, ClusterEvent::WarmupFinished { node, .. } if *node == id)
-    })
+    let warmed = wait_for(
+        &mut events,
+        "warm-up",
+        |e| matches!(e, ClusterEvent::WarmupFinished { node, .. } if *node == id),
+    )
     .await;
     assert_eq!(
         warmed,
@@ -163,7 +176,11 @@ async fn cluster_routes_warms_and_survives_a_real_mlx_server_restart() {
     assert_eq!(sel.decision.node_id, id);
     assert_eq!(sel.decision.reason, RoutingReason::CacheHit);
     let (prompt, cached) = send(&http, sel, &body).await.unwrap();
-    assert!(cached > 0 && cached < prompt, "{cached}/{prompt}\n{}", server.log_tail());
+    assert!(
+        cached > 0 && cached < prompt,
+        "{cached}/{prompt}\n{}",
+        server.log_tail()
+    );
     let status = cluster.status();
     let node = status.node("mlx-1").unwrap();
     assert_eq!(node.status, NodeStatus::Healthy);
@@ -193,6 +210,10 @@ async fn cluster_routes_warms_and_survives_a_real_mlx_server_restart() {
     .await;
     assert!(cluster.is_ready());
     let sel = cluster.select(&ctx).unwrap();
-    assert!(send(&http, sel, &body).await.is_some(), "{}", server.log_tail());
+    assert!(
+        send(&http, sel, &body).await.is_some(),
+        "{}",
+        server.log_tail()
+    );
     cluster.shutdown().await;
 }

@@ -86,7 +86,9 @@ fn chat(system: &str, turns: &[(&str, &str)]) -> (Value, RoutingContext) {
 /// Sends the request where the cluster said, reports the outcome, returns
 /// the answer's usage `(prompt, cached)`.
 async fn send(http: &reqwest::Client, sel: Selection, body: &Value) -> Option<(u32, u32)> {
-    let Selection { target, mut guard, .. } = sel;
+    let Selection {
+        target, mut guard, ..
+    } = sel;
     let resp = http
         .post(format!("{}/v1/chat/completions", target.base_url))
         .json(body)
@@ -119,7 +121,9 @@ async fn send(http: &reqwest::Client, sel: Selection, body: &Value) -> Option<(u
     )
     .unwrap();
     let completion = u32::try_from(usage["completion_tokens"].as_u64().unwrap_or(0)).unwrap();
-    guard.finish(RequestOutcome::success_with_usage(prompt, cached, completion));
+    guard.finish(RequestOutcome::success_with_usage(
+        prompt, cached, completion,
+    ));
     Some((prompt, cached))
 }
 
@@ -152,7 +156,10 @@ async fn routes_real_requests_and_follows_the_cache() {
     let mut history: Vec<(String, String)> = vec![("user".into(), "Fix the failing test.".into())];
     let mut home: Option<NodeId> = None;
     for turn in 0..4 {
-        let turns: Vec<(&str, &str)> = history.iter().map(|(r, t)| (r.as_str(), t.as_str())).collect();
+        let turns: Vec<(&str, &str)> = history
+            .iter()
+            .map(|(r, t)| (r.as_str(), t.as_str()))
+            .collect();
         let (body, ctx) = chat(&system, &turns);
         let sel = cluster.select(&ctx).unwrap();
         let node = sel.decision.node_id.clone();
@@ -180,7 +187,11 @@ async fn routes_real_requests_and_follows_the_cache() {
     assert!(node.metrics.cached_tokens_total > 0);
     assert!(node.cache.cached_prefixes >= 1);
     assert!(status.metrics.cache_hit_ratio > 0.5);
-    assert!(cluster.encode_prometheus().contains("mlx_cluster_node_requests_total"));
+    assert!(
+        cluster
+            .encode_prometheus()
+            .contains("mlx_cluster_node_requests_total")
+    );
 
     // The nodes publish their cache state: the cluster syncs it.
     let mut events = cluster.subscribe();
