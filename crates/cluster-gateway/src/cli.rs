@@ -186,7 +186,7 @@ async fn serve(args: ServeArgs) -> Result<(), GatewayError> {
     if let Some(listen) = args.listen {
         config.gateway.listen = listen;
     }
-    server::init_logging(config.gateway.log_format);
+    server::init_logging(config.gateway.log_format, "info");
     let listen = config.gateway.listen;
     let listener = server::bind(listen).await?;
     let cluster = Cluster::start(config)

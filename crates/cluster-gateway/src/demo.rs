@@ -172,7 +172,7 @@ fn progress_line(done: u64, total: u64, started: Instant) -> String {
 
 /// Runs the demo (see the module docs).
 pub async fn run(args: DemoArgs) -> Result<(), GatewayError> {
-    server::init_logging(cluster_types::LogFormat::Human);
+    server::init_logging(cluster_types::LogFormat::Human, "warn");
     if args.strategies.is_empty() || args.nodes == 0 || args.sessions == 0 {
         return Err(demo_error("need at least one strategy, node and session"));
     }
@@ -278,9 +278,20 @@ pub async fn run(args: DemoArgs) -> Result<(), GatewayError> {
     }
     println!();
     print!("{}", comparison_table(&rows));
+    for (strategy, summary) in &rows {
+        if summary.errors > 0 {
+            println!(
+                "{}: {} failed requests: {:?}",
+                strategy.as_str(),
+                summary.errors,
+                summary.error_kinds
+            );
+        }
+    }
     println!(
         "\nEach strategy served the same {} requests on its own {} simulated nodes (time ×{time_scale:.0}).\n\
-         Cache hit = prompt tokens served from the node's prompt cache / all prompt tokens.",
+         Cache hit = prompt tokens served from the node's prompt cache / all prompt tokens;\n\
+         TTFT in simulated seconds (what the time would be on real Macs).",
         trace.requests.len(),
         args.nodes
     );

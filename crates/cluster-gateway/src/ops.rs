@@ -74,27 +74,81 @@ pub async fn models(State(gw): State<Arc<Gateway>>) -> Json<impl Serialize> {
     })
 }
 
-/// `GET /metrics` — the cluster's metrics followed by the gateway's own, in
-/// the Prometheus text format.
-pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+/// Content type of the OpenMetrics text format.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of the Prometheus text format 0.0.4.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// `GET /metrics` — the cluster's metrics followed by the gateway's own.
+///
+/// Content negotiation as in Prometheus' client libraries: OpenMetrics text
+/// when the scraper accepts `application/openmetrics-text` (Prometheus
+/// does), else the Prometheus text format 0.0.4 (curl, promtool, older
+/// scrapers).
+pub async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     let mut text = gw.cluster().encode_prometheus();
-    // An OpenMetrics terminator must stay last.
-    let eof = text.trim_end().ends_with("# EOF");
-    if eof {
-        let cut = text.trim_end().len() - "# EOF".len();
-        text.truncate(cut);
+    // The OpenMetrics terminator must stay last.
+    let trimmed = text.trim_end().len();
+    if text[..trimmed].ends_with("# EOF") {
+        text.truncate(trimmed - "# EOF".len());
     }
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
     }
-    gw.metrics().encode(&mut text, eof);
-    let content_type = if eof {
-        text.push_str("# EOF\n");
-        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    gw.metrics().encode(&mut text, true);
+    text.push_str("# EOF\n");
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if openmetrics {
+        ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response()
     } else {
-        "text/plain; version=0.0.4; charset=utf-8"
-    };
-    ([(header::CONTENT_TYPE, content_type)], text).into_response()
+        (
+            [(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)],
+            openmetrics_to_prometheus(&text),
+        )
+            .into_response()
+    }
+}
+
+/// Rewrites OpenMetrics text into the Prometheus text format 0.0.4: counter
+/// families are named with their `_total` suffix in `# HELP` / `# TYPE`
+/// (their samples already carry it), `# UNIT` and `# EOF` lines go.
+#[must_use]
+pub fn openmetrics_to_prometheus(text: &str) -> String {
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .filter(|name| !name.ends_with("_total"))
+        .collect();
+    let mut out = String::with_capacity(text.len() + 16 * counters.len());
+    for line in text.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|rest| ("# HELP ", rest))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|rest| ("# TYPE ", rest)));
+        if let Some((prefix, rest)) = meta {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            if counters.contains(name) {
+                out.push_str(prefix);
+                out.push_str(name);
+                out.push_str("_total ");
+                out.push_str(tail);
+                out.push('\n');
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 /// `GET /healthz` — 200 while the process serves HTTP.
@@ -276,6 +330,16 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn openmetrics_counters_become_prometheus_counters() {
+        let om = "# HELP reqs Requests.\n# TYPE reqs counter\nreqs_total{a=\"b\"} 1\n# HELP lat Latency.\n# TYPE lat histogram\n# UNIT lat seconds\nlat_bucket{le=\"1\"} 1\n# HELP g G.\n# TYPE g gauge\ng 2\n# EOF\n";
+        let p = openmetrics_to_prometheus(om);
+        assert_eq!(
+            p,
+            "# HELP reqs_total Requests.\n# TYPE reqs_total counter\nreqs_total{a=\"b\"} 1\n# HELP lat Latency.\n# TYPE lat histogram\nlat_bucket{le=\"1\"} 1\n# HELP g G.\n# TYPE g gauge\ng 2\n"
+        );
     }
 
     #[test]

@@ -37,6 +37,10 @@ use serde_json::value::RawValue;
 
 use crate::error::ApiError;
 
+/// The model name mlx_lm.server reads as "whatever model I serve"; requests
+/// naming it may go to any node.
+pub const ANY_MODEL: &str = "default_model";
+
 /// Which API a request speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ApiKind {
@@ -376,12 +380,20 @@ impl<'a> ParsedRequest<'a> {
 
     /// The router's view of this request: model, session, fingerprint,
     /// system/tools hashes and a token estimate (4 bytes a token).
+    ///
+    /// The model [`ANY_MODEL`] (`"default_model"`, mlx_lm.server's name for
+    /// "the model this server loaded") routes like a request without a
+    /// model: to any node. The fingerprint still includes it.
     #[must_use]
     pub fn routing_context(&self, block_bytes: u32) -> RoutingContext {
         let fingerprint = self.fingerprint(block_bytes);
         let estimate = fingerprint.total_bytes().div_ceil(4);
         RoutingContext {
-            model: self.model.as_deref().map(str::to_owned),
+            model: self
+                .model
+                .as_deref()
+                .filter(|m| *m != ANY_MODEL)
+                .map(str::to_owned),
             session_id: self.session.as_deref().map(str::to_owned),
             system_prompt_hash: self.system_prompt_hash(),
             tools_hash: self.tools_hash(),
@@ -523,6 +535,12 @@ mod tests {
         assert_eq!(ctx.system_prompt_hash, None);
         assert_eq!(ctx.tools_hash, None);
         assert_eq!(ctx.fingerprint.block_bytes(), 16);
+        let p = parse(
+            ApiKind::ChatCompletions,
+            &h,
+            r#"{"model":"default_model","messages":[{"role":"user","content":"hello"}]}"#,
+        );
+        assert_eq!(p.routing_context(16).model, None);
     }
 
     #[test]

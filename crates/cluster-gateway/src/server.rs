@@ -112,10 +112,12 @@ pub async fn shutdown_signal() {
 }
 
 /// Installs the global tracing subscriber: human-readable lines or one JSON
-/// object per line on stderr, filtered by `RUST_LOG` (default `info`).
-/// Does nothing if a subscriber is already installed.
-pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// object per line on stderr, filtered by `RUST_LOG` (default
+/// `default_filter`, e.g. `"info"`). Does nothing if a subscriber is already
+/// installed.
+pub fn init_logging(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

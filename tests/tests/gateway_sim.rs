@@ -1,0 +1,431 @@
+//! The gateway end to end over a real `Cluster` (discovery, health checks,
+//! routing) with simulated mlx_lm.server nodes: an agentic workload, the
+//! real OpenAI Python SDK, `curl -N`, a node crashing mid-stream, the
+//! Prometheus exposition checked by promtool, and the dashboard rendered by
+//! headless Chromium.
+#![allow(clippy::unwrap_used)]
+
+mod gateway_support;
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use cluster_sim::fleet::{Fleet, FleetConfig};
+use cluster_sim::replay::{ReplayConfig, replay};
+use cluster_sim::workload::WorkloadConfig;
+use cluster_sim::{SimNode, SimNodeConfig};
+use cluster_types::LoadBalanceStrategy;
+use gateway_support::{GatewayUnderTest, artifacts_dir, client, config, program};
+use serde_json::{Value, json};
+
+const SCALE: f64 = 50.0;
+
+async fn fleet(n: usize, time_scale: f64) -> Fleet {
+    let node = SimNodeConfig {
+        time_scale,
+        ..SimNodeConfig::default()
+    };
+    Fleet::start(FleetConfig::uniform(n, &node)).await.unwrap()
+}
+
+fn nodes_of(fleet: &Fleet) -> Vec<(&'static str, String)> {
+    const IDS: [&str; 8] = [
+        "sim-0", "sim-1", "sim-2", "sim-3", "sim-4", "sim-5", "sim-6", "sim-7",
+    ];
+    fleet
+        .urls()
+        .into_iter()
+        .enumerate()
+        .map(|(i, u)| (IDS[i], u))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agentic_workload_through_the_gateway_hits_the_node_caches() {
+    let fleet = fleet(3, SCALE).await;
+    let gw =
+        GatewayUnderTest::start(config(&nodes_of(&fleet), LoadBalanceStrategy::CacheAware)).await;
+    gw.wait_all_routable().await;
+    let trace = WorkloadConfig {
+        sessions: 6,
+        turns_min: 3,
+        turns_max: 5,
+        ..WorkloadConfig::default()
+    }
+    .generate()
+    .unwrap();
+    let report = replay(
+        &trace,
+        &ReplayConfig {
+            targets: vec![gw.url.clone()],
+            time_scale: SCALE,
+            ..ReplayConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let s = &report.summary;
+    assert_eq!(s.errors, 0, "{:?}", s.error_kinds);
+    assert_eq!(s.requests, trace.requests.len());
+    // Later turns re-send their prefix: most prompt tokens come from caches.
+    assert!(
+        s.cache_hit_ratio > 0.5,
+        "cache hit ratio {}",
+        s.cache_hit_ratio
+    );
+    // The gateway saw the usage the nodes reported.
+    let state = gw.cluster.status();
+    assert!(state.metrics.cached_tokens_total > 0, "{:?}", state.metrics);
+    assert_eq!(state.metrics.failures_total, 0);
+    gw.stop().await;
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_sdk_streams_and_not_through_the_gateway() {
+    let fleet = fleet(2, 1000.0).await;
+    let gw =
+        GatewayUnderTest::start(config(&nodes_of(&fleet), LoadBalanceStrategy::CacheAware)).await;
+    gw.wait_all_routable().await;
+    let model = fleet.nodes()[0].config().model_id.clone();
+    let fixture = cluster_tests::mlx::MlxFixture::locate().unwrap_or_else(|e| panic!("{e}"));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway_openai_sdk.py");
+    let out = tokio::process::Command::new(fixture.python())
+        .arg(script)
+        .arg(gw.v1())
+        .arg(&model)
+        .env("NO_PROXY", "127.0.0.1")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "SDK script failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        result["stream"]["chunks"].as_u64().unwrap() >= 2,
+        "{result}"
+    );
+    assert!(result["stream"]["prompt_tokens"].as_u64().unwrap() > 0);
+    assert!(result["chat"]["prompt_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(result["error"]["status"], 400);
+    assert_eq!(result["models"], json!([model]));
+    gw.stop().await;
+    fleet.shutdown().await;
+}
+
+/// A node whose stream the test holds open: the first event goes out at
+/// once, the rest only when the test says.
+async fn held_stream_node() -> (String, Arc<tokio::sync::Notify>) {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let r = Arc::clone(&release);
+    let app = axum::Router::new()
+        .route(
+            "/v1/models",
+            axum::routing::get(|| async {
+                axum::Json(json!({"object":"list","data":[{"id":"held","object":"model"}]}))
+            }),
+        )
+        .route(
+            "/v1/chat/completions",
+            axum::routing::post(move || {
+                let release = Arc::clone(&r);
+                async move {
+                    let stream = async_stream(release);
+                    axum::response::Response::builder()
+                        .header("content-type", "text/event-stream")
+                        .body(axum::body::Body::from_stream(stream))
+                        .unwrap()
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, release)
+}
+
+fn async_stream(
+    release: Arc<tokio::sync::Notify>,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures::stream::unfold(0u8, move |step| {
+        let release = Arc::clone(&release);
+        async move {
+            match step {
+                0 => Some((
+                    Ok(Bytes::from_static(
+                        b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"first\"}}]}\n\n",
+                    )),
+                    1,
+                )),
+                1 => {
+                    release.notified().await;
+                    Some((
+                        Ok(Bytes::from_static(
+                            b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"last\"}}]}\n\ndata: [DONE]\n\n",
+                        )),
+                        2,
+                    ))
+                }
+                _ => None,
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_sees_sse_chunks_before_the_response_ends() {
+    let (node_url, release) = held_stream_node().await;
+    let gw = GatewayUnderTest::start(config(
+        &[("held", node_url)],
+        LoadBalanceStrategy::CacheAware,
+    ))
+    .await;
+    gw.wait_all_routable().await;
+    let curl = program("curl", "curl");
+    let url = format!("{}/chat/completions", gw.v1());
+    let mut child = tokio::task::spawn_blocking(move || {
+        Command::new(curl)
+            .args([
+                "-sS",
+                "-N",
+                "--noproxy",
+                "*",
+                "-H",
+                "content-type: application/json",
+                "-d",
+            ])
+            .arg(r#"{"model":"held","stream":true,"messages":[{"role":"user","content":"hi"}]}"#)
+            .arg(url)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (first, rest, still_running) = tokio::task::spawn_blocking(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut first = String::new();
+        reader.read_line(&mut first).unwrap();
+        // The node still holds its stream: curl has not seen the end.
+        let still_running = child.try_wait().unwrap().is_none();
+        (first, (reader, child), still_running)
+    })
+    .await
+    .unwrap();
+    assert!(first.contains("\"first\""), "{first}");
+    assert!(
+        still_running,
+        "curl finished before the node released its stream"
+    );
+    release.notify_one();
+    let (mut reader, mut child) = rest;
+    let tail = tokio::task::spawn_blocking(move || {
+        let mut tail = String::new();
+        reader.read_to_string(&mut tail).unwrap();
+        assert!(child.wait().unwrap().success());
+        tail
+    })
+    .await
+    .unwrap();
+    assert!(tail.contains("\"last\""), "{tail}");
+    assert!(tail.trim_end().ends_with("data: [DONE]"), "{tail}");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_crashing_mid_stream_ends_the_stream_with_an_error_event() {
+    // Real time, slow decode: the stream is long enough to crash it midway.
+    let node = SimNode::start(SimNodeConfig {
+        time_scale: 1.0,
+        ..SimNodeConfig::default()
+    })
+    .await
+    .unwrap();
+    let gw = GatewayUnderTest::start(config(
+        &[("sim-0", node.base_url())],
+        LoadBalanceStrategy::CacheAware,
+    ))
+    .await;
+    gw.wait_all_routable().await;
+    let mut response = client()
+        .post(format!("{}/chat/completions", gw.v1()))
+        .json(&json!({
+            "model": node.config().model_id,
+            "stream": true,
+            "max_tokens": 100_000,
+            "messages": [{"role": "user", "content": "write a long story"}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = String::new();
+    while !body.contains("\"content\"") {
+        let chunk = response.chunk().await.unwrap().unwrap();
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    node.crash().await;
+    // The gateway ends the stream: chunk() returns None (no hang).
+    let rest = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut rest = String::new();
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            rest.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        rest
+    })
+    .await
+    .expect("the stream ended");
+    let last = rest
+        .trim_end()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(last.starts_with("data: {\"error\""), "last event: {last}");
+    let error: Value = serde_json::from_str(&last["data: ".len()..]).unwrap();
+    assert_eq!(error["error"]["code"], "upstream_error");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sim-0")
+    );
+    gw.stop().await;
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool() {
+    let fleet = fleet(2, 1000.0).await;
+    let gw =
+        GatewayUnderTest::start(config(&nodes_of(&fleet), LoadBalanceStrategy::CacheAware)).await;
+    gw.wait_all_routable().await;
+    let model = fleet.nodes()[0].config().model_id.clone();
+    for stream in [false, true] {
+        let r = client()
+            .post(format!("{}/chat/completions", gw.v1()))
+            .json(&json!({"model": model, "stream": stream, "max_tokens": 4,
+                "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    let metrics = client()
+        .get(format!("{}/metrics", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("mlx_cluster_gateway_responses_total{api=\"chat\",status=\"2xx\"}"));
+    assert!(metrics.contains("mlx_cluster_node_requests_total"));
+    let promtool = program("promtool", "prometheus");
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), metrics.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- metrics ---\n{metrics}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Prometheus asks for OpenMetrics and gets it.
+    let om = client()
+        .get(format!("{}/metrics", gw.url))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        om.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    assert!(om.text().await.unwrap().ends_with("# EOF\n"));
+    gw.stop().await;
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_renders_the_nodes_in_headless_chromium() {
+    let fleet = fleet(3, 1000.0).await;
+    let gw =
+        GatewayUnderTest::start(config(&nodes_of(&fleet), LoadBalanceStrategy::CacheAware)).await;
+    gw.wait_all_routable().await;
+    let chromium = program("chromium", "chromium");
+    let profile = std::env::temp_dir().join(format!("mlx-cluster-chromium-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&profile);
+    std::fs::create_dir_all(&profile).unwrap();
+    let run = |extra: Vec<String>| {
+        let mut cmd = tokio::process::Command::new(&chromium);
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            "--disable-dev-shm-usage",
+            "--no-proxy-server",
+            "--virtual-time-budget=5000",
+            "--window-size=1280,720",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(format!("{}/", gw.url))
+        .kill_on_drop(true);
+        async move { tokio::time::timeout(Duration::from_secs(120), cmd.output()).await }
+    };
+    let dom = run(vec!["--dump-dom".into()])
+        .await
+        .expect("chromium finished")
+        .unwrap();
+    let html = String::from_utf8_lossy(&dom.stdout);
+    for id in ["sim-0", "sim-1", "sim-2"] {
+        assert!(
+            html.contains(&format!("data-node-id=\"{id}\"")),
+            "node {id} not rendered; chromium stderr:\n{}\nDOM:\n{html}",
+            String::from_utf8_lossy(&dom.stderr)
+        );
+    }
+    assert!(html.contains("status-healthy"), "{html}");
+    let shot = artifacts_dir().join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = run(vec![format!("--screenshot={}", shot.display())])
+        .await
+        .expect("chromium finished")
+        .unwrap();
+    let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        size > 1000,
+        "no screenshot at {}: {}",
+        shot.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&profile);
+    gw.stop().await;
+    fleet.shutdown().await;
+    // Keep the rendered DOM next to the screenshot.
+    std::fs::write(artifacts_dir().join("dashboard.html"), html.as_bytes()).unwrap();
+}

@@ -1,0 +1,165 @@
+//! Shared by the gateway end-to-end tests: a gateway over a real
+//! `cluster_facade::Cluster` on loopback, configs with fast health checks,
+//! bounded polling, and paths of the external programs used.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cluster_facade::Cluster;
+use cluster_gateway::gateway::{Gateway, GatewaySettings};
+use cluster_types::{
+    ClusterConfig, DiscoveryConfig, LoadBalanceStrategy, NodeId, NodeSpec, NodeStatus,
+    StaticDiscovery,
+};
+use tokio::sync::oneshot;
+
+/// Health probes every `CHECK_INTERVAL`: the failover tests' yardstick.
+pub const CHECK_INTERVAL: Duration = Duration::from_millis(1000);
+
+/// A config with static `nodes` (id, base URL), fast health checks (probe
+/// every second, 500 ms timeout, 2 successes to recover, backoff from
+/// 200 ms), and `strategy`.
+pub fn config(nodes: &[(&str, String)], strategy: LoadBalanceStrategy) -> ClusterConfig {
+    let mut config = ClusterConfig {
+        discovery: DiscoveryConfig::Static(StaticDiscovery {
+            nodes: nodes
+                .iter()
+                .map(|(id, url)| NodeSpec::new(*id, url.clone()))
+                .collect(),
+            ..StaticDiscovery::default()
+        }),
+        ..ClusterConfig::default()
+    };
+    config.health.check_interval = CHECK_INTERVAL;
+    config.health.timeout = Duration::from_millis(500);
+    config.health.recovery_successes = 2;
+    config.backoff.initial = Duration::from_millis(200);
+    config.backoff.max = Duration::from_secs(1);
+    config.routing.strategy = strategy;
+    config.routing.retry_delay = Duration::from_millis(20);
+    config.gateway.shutdown_grace = Duration::from_secs(5);
+    config
+}
+
+/// A gateway serving on an ephemeral loopback port over a started cluster.
+pub struct GatewayUnderTest {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    pub cluster: Cluster,
+    pub gateway: Arc<Gateway>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl GatewayUnderTest {
+    pub async fn start(config: ClusterConfig) -> Self {
+        let settings = GatewaySettings::from_config(&config);
+        let cluster = Cluster::start(config).await.unwrap();
+        let gateway = Gateway::new(cluster.clone(), settings);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let gw = Arc::clone(&gateway);
+        let task = tokio::spawn(async move {
+            cluster_gateway::server::serve(listener, gw, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self {
+            url,
+            cluster,
+            gateway,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// OpenAI base URL (`.../v1`).
+    pub fn v1(&self) -> String {
+        format!("{}/v1", self.url)
+    }
+
+    pub fn status_of(&self, id: &str) -> Option<NodeStatus> {
+        self.cluster
+            .status()
+            .nodes
+            .iter()
+            .find(|n| n.spec.id == NodeId::from(id))
+            .map(|n| n.status)
+    }
+
+    pub fn requests_of(&self, id: &str) -> u64 {
+        self.cluster
+            .status()
+            .nodes
+            .iter()
+            .find(|n| n.spec.id == NodeId::from(id))
+            .map_or(0, |n| n.metrics.requests_total)
+    }
+
+    /// Waits until every node is routable.
+    pub async fn wait_all_routable(&self) {
+        wait_until("every node routable", Duration::from_secs(30), || {
+            let s = self.cluster.status();
+            !s.nodes.is_empty() && s.nodes.iter().all(|n| n.status.is_routable())
+        })
+        .await;
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        self.cluster.shutdown().await;
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds; panics after `limit`.
+/// (The state comes from real processes: there is no clock to advance.)
+pub async fn wait_until(
+    what: &str,
+    limit: Duration,
+    mut condition: impl FnMut() -> bool,
+) -> Duration {
+    let started = Instant::now();
+    while !condition() {
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// `target/artifacts/` of the workspace (test artifacts such as screenshots).
+pub fn artifacts_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = target.join("artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Path of a program that `cargo xtask setup` installs, or a panic saying so.
+pub fn program(name: &str, package: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/bin"] {
+        let path = PathBuf::from(dir).join(name);
+        if path.exists() {
+            return path;
+        }
+    }
+    panic!("{name} is missing: run `cargo xtask setup` (Debian package {package})");
+}
