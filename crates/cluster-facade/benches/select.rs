@@ -1,14 +1,16 @@
 //! Micro-benchmarks of the routing hot path.
 //!
-//! * `select/<strategy>/<nodes>`: one `Router::select` plus finishing its
-//!   guard, at 8, 64, 1 000 and 10 000 healthy nodes. The classic strategies
+//! * `select/<strategy>/<nodes>`: one `Router::select` (its guard is
+//!   dropped outside the timing), at 8, 64, 1 000 and 10 000 healthy nodes. The classic strategies
 //!   get a context without a prompt (they ignore it); the cache-aware one a
 //!   2 KB prompt whose system part is cached on 4 nodes.
 //! * `fingerprint_100k/<nodes>`: fingerprinting a 100 KB chat prompt (60 KB
 //!   shared system prompt + 40 KB conversation) and a cache-aware decision
-//!   on it, with the system prompt cached on 8 nodes and the conversation on
-//!   one.
+//!   on it (guard finished inside the timing), with the system prompt
+//!   cached on 8 nodes and the conversation on one.
 //! * `fingerprint_only/100k`: the fingerprint alone.
+//! * `select_and_finish/<strategy>/64`: select plus finishing the guard with
+//!   usage — a request's whole bookkeeping.
 //!
 //! Targets (issue 6): ≤ 1 µs per select at 64 nodes for round-robin,
 //! least-loaded and p2c; ≤ 50 µs for fingerprint + cache-aware decision,
@@ -87,11 +89,9 @@ fn bench_select(c: &mut Criterion) {
     ] {
         for n in SIZES {
             let r = router(strategy, n);
+            // `select` alone: the guard is dropped outside the timing.
             group.bench_with_input(BenchmarkId::new(strategy.as_str(), n), &n, |b, _| {
-                b.iter(|| {
-                    let s = r.select(black_box(&empty)).unwrap();
-                    s.guard.finish(RequestOutcome::success());
-                });
+                b.iter_with_large_drop(|| r.select(black_box(&empty)).unwrap());
             });
         }
     }
@@ -104,9 +104,21 @@ fn bench_select(c: &mut Criterion) {
         let r = router(StrategyKind::CacheAware, n);
         warm(&r, &chat(&system, &[("user", "warm-up")]), 4);
         group.bench_with_input(BenchmarkId::new("cache-aware", n), &n, |b, _| {
+            b.iter_with_large_drop(|| r.select(black_box(&ctx)).unwrap());
+        });
+    }
+    group.finish();
+
+    // A whole request's bookkeeping: select, then finish the guard with
+    // usage (counters, histograms, success window, cache correction).
+    let mut group = c.benchmark_group("select_and_finish");
+    for strategy in [StrategyKind::RoundRobin, StrategyKind::CacheAware] {
+        let r = router(strategy, 64);
+        group.bench_function(BenchmarkId::new(strategy.as_str(), 64), |b| {
             b.iter(|| {
                 let s = r.select(black_box(&ctx)).unwrap();
-                s.guard.finish(RequestOutcome::success());
+                s.guard
+                    .finish(RequestOutcome::success_with_usage(600, 400, 10));
             });
         });
     }
@@ -114,7 +126,7 @@ fn bench_select(c: &mut Criterion) {
 }
 
 fn bench_fingerprint(c: &mut Criterion) {
-    let system = "You are an expert software engineer working in a large repository. ".repeat(880); // ~60 KB
+    let system = "You are an expert software engineer working in a large repository. ".repeat(1040); // ~71 KB
     let history: Vec<(String, String)> = (0..10)
         .map(|i| {
             (

@@ -270,6 +270,7 @@ impl RequestGuard {
         };
         if let Some(g) = self.in_flight.take() {
             g.finish(metrics);
+            live.routed_in_flight.fetch_sub(1, Ordering::Relaxed);
         }
 
         match outcome {

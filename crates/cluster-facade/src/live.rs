@@ -53,6 +53,8 @@ pub(crate) struct NodeLive {
     /// Request counters, histograms, in-flight count and the peak-EWMA of
     /// time to first token (cluster-metrics).
     pub(crate) counters: Arc<NodeCounters>,
+    /// Requests in flight, as counted by the router.
+    pub(crate) routed_in_flight: AtomicU64,
     /// Slot of the node in the cache model.
     pub(crate) cache_slot: u32,
     /// Predicted uncached prompt tokens of requests routed here whose first
@@ -97,6 +99,7 @@ impl NodeLive {
         Self {
             counters: Arc::new(NodeCounters::with_clock(clock)),
             cache_slot,
+            routed_in_flight: AtomicU64::new(0),
             outstanding_prefill: AtomicU64::new(0),
             prefill_rate: AtomicF64::new(0.0),
             decode_seconds: AtomicF64::new(0.0),
@@ -114,8 +117,10 @@ impl NodeLive {
         }
     }
 
+    /// Requests routed here and not finished (the router's own count, next
+    /// to the other hot fields; the counters keep theirs for metrics).
     pub(crate) fn in_flight(&self) -> u64 {
-        self.counters.in_flight()
+        self.routed_in_flight.load(Ordering::Relaxed)
     }
 
     /// The peak-EWMA time-to-first-token estimate now, nanoseconds.
@@ -139,6 +144,31 @@ impl NodeLive {
             w.record_failure(now);
         }
         self.success_rate.store(w.snapshot(now).success_rate);
+    }
+}
+
+/// Test helper: one request held in flight on a node (both counts).
+#[cfg(test)]
+pub(crate) struct Hold {
+    live: Arc<NodeLive>,
+    _guard: cluster_metrics::InFlightGuard,
+}
+
+#[cfg(test)]
+impl NodeLive {
+    pub(crate) fn hold(self: &Arc<Self>) -> Hold {
+        self.routed_in_flight.fetch_add(1, Ordering::Relaxed);
+        Hold {
+            live: Arc::clone(self),
+            _guard: self.counters.begin(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.live.routed_in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

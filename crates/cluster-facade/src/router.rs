@@ -361,6 +361,7 @@ impl Router {
             .outstanding_prefill
             .fetch_add(pick.uncached_tokens, Ordering::Relaxed);
         let in_flight = live.counters.begin();
+        live.routed_in_flight.fetch_add(1, Ordering::Relaxed);
         let decision =
             RoutingDecision::new(node.entry.spec.id.clone(), pick.reason, pick.confidence);
         let target = NodeTarget {

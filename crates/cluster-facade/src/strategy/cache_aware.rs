@@ -551,7 +551,7 @@ mod tests {
             node_concurrency: 1,
             ..CostParams::default()
         };
-        let _g = snap.node(2).live.counters.begin();
+        let _g = snap.node(2).live.hold();
         let pick = choose(
             &c,
             &p,

@@ -132,7 +132,7 @@ mod tests {
         // 50 + 25 + 15 = 90
         assert!((p.confidence - 90.0 / 120.0).abs() < 1e-9);
         // Five in flight on n1 remove its availability bonus: 75 vs n2's 70.
-        let _g: Vec<_> = (0..5).map(|_| snap.node(1).live.counters.begin()).collect();
+        let _g: Vec<_> = (0..5).map(|_| snap.node(1).live.hold()).collect();
         assert_eq!(
             cs.choose(&c, &ctx, clock.now(), epoch, &params)
                 .unwrap()
@@ -174,7 +174,7 @@ mod tests {
             })
             .collect();
         assert_eq!(got, [0, 1, 2]);
-        let _g = snap.node(1).live.counters.begin();
+        let _g = snap.node(1).live.hold();
         for _ in 0..6 {
             assert_ne!(
                 cs.choose(&c, &ctx, clock.now(), epoch, &params)

@@ -26,11 +26,15 @@ impl LeastLoaded {
         let mut best: Option<(usize, f64, f64)> = None;
         let mut second = f64::INFINITY;
         for j in 0..n {
-            let k = (start + j) % n;
-            if !c.allowed(k) {
+            let k = if start + j >= n {
+                start + j - n
+            } else {
+                start + j
+            };
+            let node = c.node(k);
+            if !c.allowed_node(node) {
                 continue;
             }
-            let node = c.node(k);
             let load = (f(node.live.in_flight()) + 1.0) / f(u64::from(node.weight));
             let lat = node.live.latency_ns.load();
             match best {
@@ -68,17 +72,17 @@ mod tests {
         let snap = snapshot(&clock, &[1, 1, 2]);
         let ll = LeastLoaded::default();
         let none: Vec<NodeId> = vec![];
-        let _g0 = snap.node(0).live.counters.begin();
-        let _g1 = snap.node(1).live.counters.begin();
-        let _g2a = snap.node(2).live.counters.begin();
+        let _g0 = snap.node(0).live.hold();
+        let _g1 = snap.node(1).live.hold();
+        let _g2a = snap.node(2).live.hold();
         // n2: (1 + 1) / 2 = 1.0 < n0, n1: 2.0
         let c = healthy(&snap, &none, epoch, &clock);
         let p = ll.choose(&c).unwrap();
         assert_eq!(p.index, 2);
         assert_eq!(p.reason, RoutingReason::LeastLoaded);
         assert!((p.confidence - 0.5).abs() < 1e-9);
-        let _g2b = snap.node(2).live.counters.begin();
-        let _g2c = snap.node(2).live.counters.begin();
+        let _g2b = snap.node(2).live.hold();
+        let _g2c = snap.node(2).live.hold();
         // n2: 4 / 2 = 2.0 ties with n0/n1 at 2.0: latency decides.
         snap.node(0).live.latency_ns.store(5e8);
         snap.node(1).live.latency_ns.store(1e8);

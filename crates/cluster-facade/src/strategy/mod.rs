@@ -49,8 +49,13 @@ impl<'a> Candidates<'a> {
 
     /// Whether the node at snapshot index `i` passes the lazy filters.
     pub(crate) fn allowed_index(&self, i: u32) -> bool {
-        let n = self.snap.node(i);
-        !(self.excluded.contains(&n.entry.spec.id)
+        self.allowed_node(self.snap.node(i))
+    }
+
+    /// Whether `n` passes the lazy filters.
+    #[inline]
+    pub(crate) fn allowed_node(&self, n: &SnapNode) -> bool {
+        !((!self.excluded.is_empty() && self.excluded.contains(&n.entry.spec.id))
             || (self.check_saturation && n.live.is_saturated(self.now_enc)))
     }
 

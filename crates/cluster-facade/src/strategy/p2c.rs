@@ -117,7 +117,7 @@ mod tests {
         let clock = ManualClock::new();
         let epoch = Epoch::new(clock.now());
         let snap = snapshot(&clock, &[1, 1]);
-        let guards: Vec<_> = (0..3).map(|_| snap.node(0).live.counters.begin()).collect();
+        let guards: Vec<_> = (0..3).map(|_| snap.node(0).live.hold()).collect();
         let none: Vec<NodeId> = vec![];
         let c = healthy(&snap, &none, epoch, &clock);
         let mut rng = SmallRng::seed_from_u64(1);
