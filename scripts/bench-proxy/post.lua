@@ -3,4 +3,4 @@
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = os.getenv("BENCH_BODY")
-    or '{"model":"bench","max_tokens":8,"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Say hi."}]}'
+    or '{"model":"default_model","max_tokens":8,"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Say hi."}]}'
