@@ -35,6 +35,11 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
+/// The same allocator as the `mlx-cluster` binary (the gateway child runs
+/// in this process image).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const NGINX_TEMPLATE: &str = include_str!("../../../scripts/bench-proxy/nginx.conf.template");
 const WRK_SCRIPT: &str = include_str!("../../../scripts/bench-proxy/post.lua");
 

@@ -5,6 +5,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use cluster_gateway::cli::{Cli, run};
 
+/// mimalloc: the proxy path allocates many small short-lived objects
+/// (header maps, buffers); glibc's malloc costs measurably more there
+/// (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     run(Cli::parse())
 }
