@@ -104,7 +104,7 @@ pub struct CostParams {
     pub eviction_penalty: f64,
     /// Expected near-future prefill work each active conversation brings its
     /// node, seconds at the default rate; spreads new conversations.
-    /// Default 2.0.
+    /// Default 3.0.
     pub active_conversation_seconds: f64,
     /// A conversation (cache-model entry) used within this window counts as
     /// active on its node. Default 120 s.
@@ -146,7 +146,7 @@ impl Default for CostParams {
             min_rate_sample_tokens: 256,
             work_penalty: 1.0,
             eviction_penalty: 1.0,
-            active_conversation_seconds: 2.0,
+            active_conversation_seconds: 3.0,
             active_window: std::time::Duration::from_secs(120),
             per_request_seconds: 0.05,
             node_concurrency: 8,
