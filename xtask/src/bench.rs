@@ -35,6 +35,20 @@ const BENCHES: &[Bench] = &[
         target: Some("metrics"),
         criterion: true,
     },
+    Bench {
+        name: "select",
+        about: "Cluster select at 8..10,000 nodes per strategy; 100 KB fingerprint + cache-aware decision",
+        package: "cluster-facade",
+        target: Some("select"),
+        criterion: true,
+    },
+    Bench {
+        name: "routing",
+        about: "routing quality in simulated time: hit ratio, TTFT and load per strategy (about a minute)",
+        package: "cluster-facade",
+        target: Some("routing"),
+        criterion: false,
+    },
 ];
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
