@@ -18,8 +18,9 @@ use crate::{ops, proxy};
 /// [`GatewaySettings::from_config`] takes every value from the
 /// [`ClusterConfig`]; its defaults are the config's defaults: body limit
 /// 32 MiB, session header `x-session-id`, fingerprint blocks of 256 bytes,
-/// 2 retries 100 ms apart, idle timeout 60 s, connect timeout 2 s, first
-/// byte timeout 300 s, shutdown grace 30 s, no admin token.
+/// 2 retries 100 ms apart, idle timeout 60 s, no overall request timeout,
+/// connect timeout 2 s, first byte timeout 300 s, shutdown grace 30 s, no
+/// admin token.
 #[derive(Debug, Clone)]
 pub struct GatewaySettings {
     /// Largest request body accepted (`gateway.max_body_bytes`).
@@ -34,6 +35,9 @@ pub struct GatewaySettings {
     pub retry_delay: Duration,
     /// Longest gap between two frames of an answer (`gateway.idle_timeout`).
     pub idle_timeout: Duration,
+    /// Overall limit of one request, streaming included
+    /// (`gateway.request_timeout`); `None` = no limit.
+    pub request_timeout: Option<Duration>,
     /// How long in-flight requests may finish on shutdown
     /// (`gateway.shutdown_grace`).
     pub shutdown_grace: Duration,
@@ -57,6 +61,7 @@ impl GatewaySettings {
             max_retries: config.routing.max_retries,
             retry_delay: config.routing.retry_delay,
             idle_timeout: g.idle_timeout,
+            request_timeout: g.request_timeout,
             shutdown_grace: g.shutdown_grace,
             admin_token: g.admin_token.clone().filter(|t| !t.is_empty()),
             upstream: UpstreamSettings {

@@ -48,10 +48,11 @@ impl RetryCause {
 }
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-const STREAM_FAILURES: [RelayFailure; 3] = [
+const STREAM_FAILURES: [RelayFailure; 4] = [
     RelayFailure::Reset,
     RelayFailure::IdleTimeout,
     RelayFailure::Truncated,
+    RelayFailure::Deadline,
 ];
 
 fn failure_label(f: RelayFailure) -> &'static str {
@@ -59,6 +60,7 @@ fn failure_label(f: RelayFailure) -> &'static str {
         RelayFailure::Reset => "reset",
         RelayFailure::IdleTimeout => "idle_timeout",
         RelayFailure::Truncated => "truncated",
+        RelayFailure::Deadline => "request_timeout",
     }
 }
 
@@ -76,7 +78,7 @@ pub struct GatewayMetrics {
     /// [api][status class]
     responses: [[AtomicU64; 5]; 3],
     retries: [AtomicU64; 5],
-    stream_failures: [AtomicU64; 3],
+    stream_failures: [AtomicU64; 4],
     no_routable_node: AtomicU64,
     in_flight: AtomicI64,
 }

@@ -96,6 +96,9 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
 
 async fn proxy(gw: &Arc<Gateway>, api: ApiKind, req: Request) -> Result<Response, ApiError> {
     let settings = gw.settings();
+    let deadline = settings
+        .request_timeout
+        .map(|t| (tokio::time::Instant::now() + t, t));
     let (parts, body) = req.into_parts();
     let body = read_body(&parts.headers, body, settings.max_body_bytes).await?;
     let (ctx, stream) = {
@@ -105,7 +108,7 @@ async fn proxy(gw: &Arc<Gateway>, api: ApiKind, req: Request) -> Result<Response
             parsed.stream,
         )
     };
-    forward(gw, api, &parts.headers, body, ctx, stream).await
+    forward(gw, api, &parts.headers, body, ctx, stream, deadline).await
 }
 
 /// The failure kept from the previous attempt, used when no attempt
@@ -124,6 +127,7 @@ async fn forward(
     body: Bytes,
     mut ctx: RoutingContext,
     stream: bool,
+    deadline: Option<(tokio::time::Instant, Duration)>,
 ) -> Result<Response, ApiError> {
     let settings = gw.settings();
     let attempts = settings.max_retries.saturating_add(1);
@@ -148,23 +152,41 @@ async fn forward(
         let node_id = selection.target.node_id.clone();
         let guard = selection.guard;
         ctx.excluded.push(node_id.clone());
-        let sent = gw
-            .upstream()
-            .post(UpstreamRequest {
-                base_url: &selection.target.base_url,
-                path: api.path(),
-                api_key: selection.target.api_key.as_ref().map(|k| k.expose()),
-                client_headers: headers,
-                body: body.clone(),
-            })
-            .await;
+        let request = UpstreamRequest {
+            base_url: &selection.target.base_url,
+            path: api.path(),
+            api_key: selection.target.api_key.as_ref().map(|k| k.expose()),
+            client_headers: headers,
+            body: body.clone(),
+        };
+        let sent = match deadline {
+            None => gw.upstream().post(request).await,
+            Some((at, timeout)) => {
+                match tokio::time::timeout_at(at, gw.upstream().post(request)).await {
+                    Ok(sent) => sent,
+                    Err(_) => {
+                        guard.finish(RequestOutcome::Failed {
+                            kind: FailureKind::Timeout,
+                        });
+                        return Err(ApiError::new(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "server_error",
+                            codes::UPSTREAM_TIMEOUT,
+                            format!(
+                                "no answer from node {node_id} within gateway.request_timeout ({timeout:?})"
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
         match sent {
             Ok(response) => {
                 let status = response.status();
                 let retryable = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
                 if !retryable {
                     tracing::debug!(node = %node_id, %status, stream, attempt, "forwarded");
-                    return Ok(relay(gw, response, node_id, attempt + 1, guard));
+                    return Ok(relay(gw, response, node_id, attempt + 1, guard, deadline));
                 }
                 let overloaded = matches!(
                     status,
@@ -313,6 +335,7 @@ impl OutcomeSink for GuardSink {
                         RelayFailure::Reset => FailureKind::Reset,
                         RelayFailure::IdleTimeout => FailureKind::Timeout,
                         RelayFailure::Truncated => FailureKind::InvalidResponse,
+                        RelayFailure::Deadline => FailureKind::Timeout,
                     },
                 }
             }
@@ -328,6 +351,7 @@ fn relay(
     node: NodeId,
     attempts: u32,
     guard: RequestGuard,
+    deadline: Option<(tokio::time::Instant, Duration)>,
 ) -> Response {
     let idle = gw.settings().idle_timeout;
     let sink = GuardSink {
@@ -335,7 +359,7 @@ fn relay(
         gateway: Arc::clone(gw),
     };
     let mut response = relay_parts(response, &node, move |incoming, mode, node| {
-        RelayBody::new(incoming, mode, idle, node, sink)
+        RelayBody::new(incoming, mode, idle, node, sink).with_deadline(deadline)
     });
     if attempts > 1 {
         response

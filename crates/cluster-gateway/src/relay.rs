@@ -52,6 +52,8 @@ pub enum RelayFailure {
     /// The body ended early: an event stream without its end marker, or a
     /// JSON answer that does not parse.
     Truncated,
+    /// The whole request took longer than `gateway.request_timeout`.
+    Deadline,
 }
 
 /// Where a relay reports timing and outcome: the facade's request guard in
@@ -113,6 +115,14 @@ pub enum RelayError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The request's overall deadline passed.
+    #[error("request to node {node} exceeded its overall timeout of {timeout:?}")]
+    Deadline {
+        /// The node's id.
+        node: String,
+        /// `gateway.request_timeout`.
+        timeout: Duration,
+    },
     /// No frame within the idle timeout.
     #[error("node {node} sent nothing for {timeout:?}")]
     Idle {
@@ -157,6 +167,8 @@ pin_project! {
         // When the last frame arrived; the timer is only (re)armed when the
         // node's body is pending, never per frame.
         last_frame: Instant,
+        // The request's overall deadline and the timeout it came from.
+        deadline: Option<(Instant, Duration)>,
         sniffer: Sniffer,
         sink: SinkSlot<S>,
         first_byte_seen: bool,
@@ -191,6 +203,7 @@ impl<B, S: OutcomeSink> RelayBody<B, S> {
             idle: tokio::time::sleep(idle_timeout),
             idle_timeout,
             last_frame: Instant::now(),
+            deadline: None,
             sniffer,
             sink: SinkSlot(Some(sink)),
             first_byte_seen: false,
@@ -200,8 +213,26 @@ impl<B, S: OutcomeSink> RelayBody<B, S> {
     }
 }
 
+impl<B, S: OutcomeSink> RelayBody<B, S> {
+    /// Also ends the body at `deadline` (from `gateway.request_timeout`,
+    /// `timeout`), however busy the node is. Default: no deadline.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Option<(Instant, Duration)>) -> Self {
+        self.deadline = deadline;
+        self
+    }
+}
+
 fn failure_error(failure: RelayFailure, node: &str, timeout: Duration, detail: &str) -> ApiError {
     match failure {
+        RelayFailure::Deadline => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "server_error",
+            codes::UPSTREAM_TIMEOUT,
+            format!(
+                "the request to node {node} exceeded gateway.request_timeout ({timeout:?}); the stream was ended"
+            ),
+        ),
         RelayFailure::IdleTimeout => ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "server_error",
@@ -311,21 +342,26 @@ where
                     (RelayFailure::Reset, source.to_string())
                 }
                 Poll::Pending => {
-                    let deadline = *this.last_frame + *this.idle_timeout;
-                    if this.idle.deadline() != deadline {
-                        this.idle.as_mut().reset(deadline);
+                    let idle_at = *this.last_frame + *this.idle_timeout;
+                    let (at, failure, timeout) = match *this.deadline {
+                        Some((d, t)) if d <= idle_at => (d, RelayFailure::Deadline, t),
+                        _ => (idle_at, RelayFailure::IdleTimeout, *this.idle_timeout),
+                    };
+                    if this.idle.deadline() != at {
+                        this.idle.as_mut().reset(at);
                     }
                     ready!(this.idle.as_mut().poll(cx));
                     if !matches!(this.sniffer, Sniffer::Sse(_)) {
-                        this.sink
-                            .finish(RelayOutcome::Failed(RelayFailure::IdleTimeout));
+                        this.sink.finish(RelayOutcome::Failed(failure));
                         *this.state = State::Ended;
-                        return Poll::Ready(Some(Err(RelayError::Idle {
-                            node: this.node.clone(),
-                            timeout: *this.idle_timeout,
+                        let node = this.node.clone();
+                        return Poll::Ready(Some(Err(if failure == RelayFailure::Deadline {
+                            RelayError::Deadline { node, timeout }
+                        } else {
+                            RelayError::Idle { node, timeout }
                         })));
                     }
-                    (RelayFailure::IdleTimeout, String::new())
+                    (failure, String::new())
                 }
             },
         };
@@ -336,7 +372,11 @@ where
         };
         this.sink.finish(RelayOutcome::Failed(failure));
         *this.state = State::Ended;
-        let event = failure_error(failure, this.node, *this.idle_timeout, &detail).to_sse_event();
+        let timeout = match (failure, *this.deadline) {
+            (RelayFailure::Deadline, Some((_, t))) => t,
+            _ => *this.idle_timeout,
+        };
+        let event = failure_error(failure, this.node, timeout, &detail).to_sse_event();
         let data = if terminator.is_empty() {
             event
         } else {
@@ -498,6 +538,45 @@ mod tests {
                 .contains("IdleTimeout")
         );
         drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn request_deadline_ends_a_busy_stream() {
+        let (mut tx, body) = channel_body();
+        let rec = Recorder::default();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut relay = Box::pin(
+            RelayBody::new(
+                body,
+                RelayMode::Sse,
+                Duration::from_secs(2),
+                "n1".into(),
+                rec.clone(),
+            )
+            .with_deadline(Some((deadline, Duration::from_secs(3)))),
+        );
+        // Frames keep coming every second: never idle, but past the deadline.
+        let mut last = Bytes::new();
+        for _ in 0..10 {
+            tokio::select! {
+                f = relay.frame() => {
+                    let Some(f) = f else { break };
+                    last = f.unwrap().into_data().unwrap();
+                    if last.starts_with(b"data: {\"error\"") {
+                        break;
+                    }
+                }
+                () = tokio::time::sleep(Duration::from_secs(1)) => {
+                    tx.send(frame("data: {}\n\n")).await.unwrap();
+                }
+            }
+        }
+        assert!(
+            String::from_utf8_lossy(&last).contains("gateway.request_timeout"),
+            "{last:?}"
+        );
+        assert!(relay.frame().await.is_none());
+        assert!(rec.0.lock().unwrap().last().unwrap().contains("Deadline"));
     }
 
     #[tokio::test(start_paused = true)]

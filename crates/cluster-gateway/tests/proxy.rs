@@ -434,6 +434,40 @@ async fn failure_mid_stream_ends_with_an_sse_error_event() {
 }
 
 #[tokio::test]
+async fn request_timeout_ends_an_endless_stream() {
+    let node = FakeNode::start(|_| {
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            while tx
+                .send(Ok(Bytes::from_static(b"data: {\"choices\":[]}\n\n")))
+                .await
+                .is_ok()
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        sse(rx)
+    })
+    .await;
+    let h = harness(
+        vec![entry("a", &node.url(), NodeStatus::Healthy)],
+        StrategyKind::RoundRobin,
+        |s| s.request_timeout = Some(Duration::from_millis(300)),
+    )
+    .await;
+    let text = h
+        .post("/v1/chat/completions", CHAT_STREAM)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let last = text.trim_end().lines().last().unwrap();
+    assert!(last.contains("gateway.request_timeout"), "{last}");
+    assert!(last.contains("upstream_timeout"), "{last}");
+    eventually(|| h.metrics("a").failures_total == 1).await;
+}
+
+#[tokio::test]
 async fn stream_closed_without_done_is_reported_as_an_error() {
     let node = FakeNode::start(|_| {
         let (tx, rx) = mpsc::channel(4);
