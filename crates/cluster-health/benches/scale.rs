@@ -1,16 +1,21 @@
 //! Scale benchmark: active checks of many endpoints on loopback.
 //!
 //! `cargo bench -p cluster-health --bench scale -- [--endpoints N]
-//! [--seconds S] [--interval-ms I] [--per-responder K]`
-//! (defaults: 10 000 endpoints, 60 s, 1000 ms, 4000).
+//! [--seconds S] [--interval-ms I] [--per-responder K] [--keepalive 0|1]
+//! [--null-checker 0|1] [--reqwest 0|1]` (defaults: 10 000 endpoints, 60 s,
+//! 1000 ms, 4000, keep-alive on; `--null-checker 1` replaces HTTP with a checker that does
+//! no I/O, to measure the orchestrator alone; `--reqwest 1` probes through
+//! reqwest, the transport of `https://` nodes, instead of the crate's
+//! minimal HTTP/1.1 client).
 //!
 //! The endpoints are served by child processes of this same binary
 //! (`--responder K`), each listening on K ports of 127.0.0.1 and answering
 //! every `GET` with a small OpenAI model list over keep-alive HTTP/1.1. They
 //! run in separate processes so that the figures below are those of the
 //! checker alone, and so that no process needs more than about 2 K file
-//! descriptors (the default `ulimit -n` here is 20 000: one process holding
-//! 10 000 listeners plus 10 000 accepted connections would not fit).
+//! descriptors per listener group (the `ulimit -n` on the build machines is
+//! 20 000: one process holding 10 000 listeners plus 10 000 accepted
+//! connections would not fit; the checker itself needs one per node).
 //! Every endpoint is a distinct `host:port`, so the checker keeps one
 //! pooled connection per node, as it would with real nodes.
 //!
@@ -22,24 +27,39 @@
 //! the run, and peak RSS (`VmHWM` in `/proc/self/status`).
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cluster_health::ClusterHealth;
+use cluster_health::{ClusterHealth, HealthChecker, HealthError, HttpHealthChecker};
 use cluster_types::{HealthConfig, NodeSpec, NodeStatus};
+use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 const BODY: &str = r#"{"object":"list","data":[{"id":"tiny-llama","object":"model"}]}"#;
+
+/// A checker that does no I/O, to measure the orchestrator alone.
+struct NullChecker;
+
+#[async_trait::async_trait]
+impl HealthChecker for NullChecker {
+    async fn check(&self, _node: &NodeSpec) -> Result<Duration, HealthError> {
+        Ok(Duration::from_micros(100))
+    }
+}
 
 struct Args {
     endpoints: usize,
     seconds: u64,
     interval: Duration,
     per_responder: usize,
+    keepalive: bool,
+    null_checker: bool,
+    reqwest: bool,
     responder: Option<usize>,
 }
 
@@ -49,6 +69,9 @@ fn parse_args() -> Args {
         seconds: 60,
         interval: Duration::from_millis(1000),
         per_responder: 4000,
+        keepalive: true,
+        null_checker: false,
+        reqwest: false,
         responder: None,
     };
     let mut it = std::env::args().skip(1);
@@ -63,6 +86,9 @@ fn parse_args() -> Args {
             "--seconds" => args.seconds = value(),
             "--interval-ms" => args.interval = Duration::from_millis(value()),
             "--per-responder" => args.per_responder = usize::try_from(value()).unwrap().max(1),
+            "--keepalive" => args.keepalive = value() != 0,
+            "--null-checker" => args.null_checker = value() != 0,
+            "--reqwest" => args.reqwest = value() != 0,
             "--responder" => args.responder = Some(usize::try_from(value()).unwrap()),
             // `cargo bench` passes `--bench`; ignore it and other harness flags.
             _ => {}
@@ -212,6 +238,8 @@ fn checker(args: &Args) {
         .unwrap();
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
+    let kinds: Arc<Mutex<BTreeMap<&'static str, u64>>> = Arc::default();
+    let kinds2 = Arc::clone(&kinds);
     let (ok2, failed2, ok3) = (Arc::clone(&ok), Arc::clone(&failed), Arc::clone(&ok));
     let report = runtime.block_on(async move {
         let ok = ok3;
@@ -219,14 +247,35 @@ fn checker(args: &Args) {
             check_interval: args.interval,
             ..HealthConfig::default()
         };
+        let mut checker = HttpHealthChecker::builder().timeout(config.timeout);
+        if !args.keepalive {
+            checker = checker.pool_max_idle_per_host(0);
+        }
+        if args.reqwest {
+            checker = checker.lean_http1(false);
+        }
         let health = ClusterHealth::builder()
+            .checker(if args.null_checker {
+                Arc::new(NullChecker)
+            } else {
+                Arc::new(checker.build().unwrap())
+            })
             .config(config)
             .seed(42)
-            .on_health_check(move |report| {
-                if report.is_success() {
+            .on_health_check(move |report| match &report.result {
+                Ok(_) => {
                     ok2.fetch_add(1, Ordering::Relaxed);
-                } else {
+                }
+                Err(error) => {
                     failed2.fetch_add(1, Ordering::Relaxed);
+                    let kind = match &**error {
+                        HealthError::Timeout { .. } => "timeout",
+                        HealthError::Network { .. } => "network",
+                        HealthError::FailedStatus { .. } => "status",
+                        HealthError::InvalidResponse { .. } => "invalid",
+                        _ => "other",
+                    };
+                    *kinds2.lock().entry(kind).or_default() += 1;
                 }
             })
             .build()
@@ -234,9 +283,17 @@ fn checker(args: &Args) {
         let nodes = ports.iter().enumerate().map(|(i, port)| {
             NodeSpec::new(format!("node-{i:05}"), format!("http://127.0.0.1:{port}"))
         });
+        for node in nodes {
+            health.add_node(node);
+        }
+        println!(
+            "  {} nodes tracked, not yet checked: rss {} MB",
+            health.node_ids().len(),
+            status_kib("VmRSS:") / 1024
+        );
         let cpu0 = cpu_time(ticks);
         let t0 = Instant::now();
-        health.start(nodes).unwrap();
+        health.start([]).unwrap();
         let mut last = (Instant::now(), cpu_time(ticks), 0u64);
         for second in 1..=args.seconds {
             tokio::time::sleep_until(tokio::time::Instant::from_std(
@@ -286,6 +343,18 @@ fn checker(args: &Args) {
         cpu.as_secs_f64(),
         wall.as_secs_f64(),
         cpu.as_secs_f64() / wall.as_secs_f64() * 100.0
+    );
+    println!("  failures by kind     {:?}", kinds.lock());
+    println!("  keep-alive           {}", args.keepalive);
+    println!(
+        "  transport            {}",
+        if args.null_checker {
+            "none (null checker)"
+        } else if args.reqwest {
+            "reqwest"
+        } else {
+            "minimal HTTP/1.1 (default for http://)"
+        }
     );
     println!(
         "  peak RSS (VmHWM)     {} MB (target <= 200 MB)",

@@ -21,15 +21,27 @@
 //! `Authorization: Bearer …`, marked sensitive, and never logged or printed.
 //! Redirects are not followed and proxies from the environment are not used:
 //! probes go straight to the node.
+//!
+//! Two transports: `https://` nodes (and every node, when a custom reqwest
+//! client is given) go through reqwest; plain `http://` nodes go through a
+//! minimal HTTP/1.1 `GET` client of this crate, because a kept-alive probe
+//! connection through reqwest/hyper holds about 13–19 KiB of buffers and
+//! state between checks, and one of ours only its socket — the difference
+//! between 10 000 nodes fitting in 200 MB or not (see `docs/benchmarks.md`).
+//! Both classify answers the same way (the tests run every case against
+//! both).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use std::sync::Arc;
+
 use cluster_types::{HealthConfig, NodeId, NodeSpec};
 use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, HeaderMap, RETRY_AFTER};
+use reqwest::header::{ACCEPT, HeaderMap, HeaderValue, RETRY_AFTER};
 use serde::Deserialize;
 
+use crate::wire::{Target, WireClient, WireError};
 use crate::{HealthChecker, HealthError};
 
 /// Default limit on a probe's body: 1 MiB.
@@ -71,8 +83,8 @@ impl ResponseValidation {
 ///
 /// Defaults (from [`HealthConfig::default`]): probe path `/v1/models`,
 /// timeout 2 s, validation [`ResponseValidation::for_path`] of the path
-/// (model list for `/v1/models`), body limit 1 MiB. Cloning is cheap (the
-/// connection pool is shared).
+/// (model list for `/v1/models`), body limit 1 MiB, kept-alive connections
+/// closed after 90 s idle. Cloning is cheap (the connection pool is shared).
 ///
 /// ```no_run
 /// use cluster_health::{HealthChecker, HttpHealthChecker};
@@ -89,6 +101,8 @@ impl ResponseValidation {
 #[derive(Debug, Clone)]
 pub struct HttpHealthChecker {
     client: reqwest::Client,
+    /// For `http://` nodes, unless a custom reqwest client was given.
+    lean: Option<Arc<WireClient>>,
     probe_path: String,
     timeout: Duration,
     validation: ResponseValidation,
@@ -104,6 +118,9 @@ pub struct HttpHealthCheckerBuilder {
     timeout: Duration,
     validation: Option<ResponseValidation>,
     max_body_bytes: usize,
+    pool_idle_timeout: Duration,
+    pool_max_idle_per_host: usize,
+    lean_http1: bool,
 }
 
 impl Default for HttpHealthCheckerBuilder {
@@ -115,6 +132,9 @@ impl Default for HttpHealthCheckerBuilder {
             timeout: config.timeout,
             validation: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: usize::MAX,
+            lean_http1: true,
         }
     }
 }
@@ -151,9 +171,36 @@ impl HttpHealthCheckerBuilder {
         self
     }
 
-    /// Uses this client instead of building one (its own timeout, proxy and
-    /// TLS settings then apply as well). Default: a client without
-    /// environment proxies and without redirects.
+    /// How long an idle kept-alive connection to a node stays open. Default
+    /// 90 s. Ignored with [`client`](Self::client).
+    #[must_use]
+    pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.pool_idle_timeout = timeout;
+        self
+    }
+
+    /// Idle connections kept per node; 0 opens a new connection for every
+    /// check. Default unlimited (one is used per node in practice). Ignored
+    /// with [`client`](Self::client).
+    #[must_use]
+    pub fn pool_max_idle_per_host(mut self, max: usize) -> Self {
+        self.pool_max_idle_per_host = max;
+        self
+    }
+
+    /// Whether plain `http://` nodes are probed with the crate's minimal
+    /// HTTP/1.1 client (see the module docs) rather than reqwest. Default true; ignored
+    /// (false) with [`client`](Self::client).
+    #[must_use]
+    pub fn lean_http1(mut self, enabled: bool) -> Self {
+        self.lean_http1 = enabled;
+        self
+    }
+
+    /// Uses this client for every node instead of building one (its own
+    /// timeout, proxy and TLS settings then apply as well). Default: a
+    /// client without environment proxies and without redirects, used for
+    /// `https://` nodes.
     #[must_use]
     pub fn client(mut self, client: reqwest::Client) -> Self {
         self.client = Some(client);
@@ -166,12 +213,19 @@ impl HttpHealthCheckerBuilder {
     /// [`HealthError::Client`] if the HTTP client cannot be built (TLS
     /// backend initialization).
     pub fn build(self) -> Result<HttpHealthChecker, HealthError> {
+        let lean = (self.lean_http1 && self.client.is_none()).then(|| {
+            Arc::new(WireClient::new(
+                self.pool_idle_timeout,
+                self.pool_max_idle_per_host,
+            ))
+        });
         let client = match self.client {
             Some(client) => client,
             None => reqwest::Client::builder()
                 .no_proxy()
                 .redirect(reqwest::redirect::Policy::none())
-                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_idle_timeout(self.pool_idle_timeout)
+                .pool_max_idle_per_host(self.pool_max_idle_per_host)
                 .build()
                 .map_err(|source| HealthError::Client { source })?,
         };
@@ -185,6 +239,7 @@ impl HttpHealthCheckerBuilder {
             .unwrap_or_else(|| ResponseValidation::for_path(&probe_path));
         Ok(HttpHealthChecker {
             client,
+            lean,
             probe_path,
             timeout: self.timeout,
             validation,
@@ -280,22 +335,18 @@ impl HttpHealthChecker {
 
     async fn fetch_unbounded(&self, node: &NodeSpec, path: &str) -> Result<Vec<u8>, HealthError> {
         let url = format!("{}{}", node.url.trim_end_matches('/'), path);
-        let mut request = self.client.get(&url).header(ACCEPT, "application/json");
-        if let Some(key) = &node.api_key {
-            // reqwest marks the header value sensitive.
-            request = request.bearer_auth(key.expose());
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| self.transport_error(&node.id, e))?;
-        let status = response.status();
+        let target = self
+            .lean
+            .as_ref()
+            .and_then(|lean| Some((lean, Target::parse(&url)?)));
+        let (status, headers, mut body) = match target {
+            Some((lean, target)) => self.send_lean(lean, node, &target).await?,
+            None => self.send_reqwest(node, &url).await?,
+        };
         if status.is_success() {
-            return self
-                .read_body(&node.id, response, self.max_body_bytes)
-                .await;
+            return body.read(&node.id, self.max_body_bytes, self.timeout).await;
         }
-        let retry_after = parse_retry_after(response.headers(), SystemTime::now());
+        let retry_after = parse_retry_after(&headers, SystemTime::now());
         match status {
             StatusCode::TOO_MANY_REQUESTS => Err(HealthError::Overloaded {
                 node: node.id.clone(),
@@ -305,8 +356,8 @@ impl HttpHealthChecker {
             StatusCode::SERVICE_UNAVAILABLE => {
                 // Only the first few KiB matter for the loading marker; a
                 // body that cannot be read is just an overload answer.
-                let body = self
-                    .read_body(&node.id, response, 16 * 1024)
+                let body = body
+                    .read(&node.id, 16 * 1024, self.timeout)
                     .await
                     .unwrap_or_default();
                 if is_loading_body(&body) {
@@ -329,40 +380,126 @@ impl HttpHealthChecker {
         }
     }
 
-    async fn read_body(
+    async fn send_reqwest(
         &self,
-        node: &NodeId,
-        mut response: reqwest::Response,
-        limit: usize,
-    ) -> Result<Vec<u8>, HealthError> {
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| self.transport_error(node, e))?
-        {
-            if body.len() + chunk.len() > limit {
-                return Err(HealthError::InvalidResponse {
-                    node: node.clone(),
-                    reason: format!("body larger than {limit} bytes"),
-                });
-            }
-            body.extend_from_slice(&chunk);
+        node: &NodeSpec,
+        url: &str,
+    ) -> Result<(StatusCode, HeaderMap, ResponseBody), HealthError> {
+        let mut request = self.client.get(url).header(ACCEPT, "application/json");
+        if let Some(key) = &node.api_key {
+            // reqwest marks the header value sensitive.
+            request = request.bearer_auth(key.expose());
         }
-        Ok(body)
+        let response = request
+            .send()
+            .await
+            .map_err(|e| reqwest_error(&node.id, e, self.timeout))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        Ok((status, headers, ResponseBody::Reqwest(response)))
     }
 
-    fn transport_error(&self, node: &NodeId, error: reqwest::Error) -> HealthError {
-        if error.is_timeout() {
-            HealthError::Timeout {
-                node: node.clone(),
-                timeout: self.timeout,
+    async fn send_lean(
+        &self,
+        lean: &WireClient,
+        node: &NodeSpec,
+        target: &Target,
+    ) -> Result<(StatusCode, HeaderMap, ResponseBody), HealthError> {
+        let auth = match &node.api_key {
+            Some(key) => {
+                let value = format!("Bearer {}", key.expose());
+                // Reject what would break the request (CR, LF, controls);
+                // the error does not contain the value.
+                HeaderValue::from_str(&value)
+                    .map_err(|e| HealthError::network(node.id.clone(), e))?;
+                Some(value)
             }
-        } else {
-            // Strip the URL: it is the node's base URL plus the path, which the
-            // node id already identifies, and a URL may carry credentials.
-            HealthError::network(node.clone(), error.without_url())
+            None => None,
+        };
+        let extra: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|value| ("Authorization", value))
+            .into_iter()
+            .collect();
+        let answer = lean
+            .get(target, &extra, self.max_body_bytes)
+            .await
+            .map_err(|e| match e {
+                WireError::Io(e) => HealthError::network(node.id.clone(), e),
+                WireError::Protocol(reason) => HealthError::InvalidResponse {
+                    node: node.id.clone(),
+                    reason,
+                },
+            })?;
+        Ok((
+            answer.status,
+            answer.headers,
+            ResponseBody::Buffered {
+                body: Some(answer.body),
+                truncated: answer.truncated,
+            },
+        ))
+    }
+}
+
+/// The body of an answer, from either transport.
+enum ResponseBody {
+    Reqwest(reqwest::Response),
+    /// Already read by the minimal client.
+    Buffered {
+        body: Option<Vec<u8>>,
+        truncated: bool,
+    },
+}
+
+impl ResponseBody {
+    /// Reads the whole body; longer than `limit` is an invalid response.
+    async fn read(
+        &mut self,
+        node: &NodeId,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, HealthError> {
+        let too_large = || HealthError::InvalidResponse {
+            node: node.clone(),
+            reason: format!("body larger than {limit} bytes"),
+        };
+        match self {
+            Self::Buffered { body, truncated } => {
+                let body = body.take().unwrap_or_default();
+                if *truncated || body.len() > limit {
+                    return Err(too_large());
+                }
+                Ok(body)
+            }
+            Self::Reqwest(response) => {
+                let mut body = Vec::new();
+                while let Some(chunk) = response
+                    .chunk()
+                    .await
+                    .map_err(|e| reqwest_error(node, e, timeout))?
+                {
+                    if body.len() + chunk.len() > limit {
+                        return Err(too_large());
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(body)
+            }
         }
+    }
+}
+
+fn reqwest_error(node: &NodeId, error: reqwest::Error, timeout: Duration) -> HealthError {
+    if error.is_timeout() {
+        HealthError::Timeout {
+            node: node.clone(),
+            timeout,
+        }
+    } else {
+        // Strip the URL: it is the node's base URL plus the path, which the
+        // node id already identifies, and a URL may carry credentials.
+        HealthError::network(node.clone(), error.without_url())
     }
 }
 

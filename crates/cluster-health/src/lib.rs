@@ -55,6 +55,7 @@ mod cluster;
 mod error;
 mod http;
 pub mod tracker;
+mod wire;
 
 pub use backoff::Backoff;
 pub use checker::HealthChecker;

@@ -692,6 +692,7 @@ async fn node_task(
     }
     let timeout = shared.config.timeout;
     loop {
+        let started = tokio::time::Instant::now();
         let tick = {
             let now = shared.now();
             let mut state = entry.state.lock();
@@ -731,22 +732,25 @@ async fn node_task(
             }
         }
 
-        let interval = schedule.jittered(shared.config.check_interval);
-        let wait = {
+        // The interval runs from the start of this tick, so a slow check
+        // does not stretch the schedule.
+        let next_tick = started + schedule.jittered(shared.config.check_interval);
+        let wake_at = {
             let now = shared.now();
+            let tokio_now = tokio::time::Instant::now();
             let state = entry.state.lock();
             match state.tracker.probe_slot(now) {
-                ProbeSlot::Waiting { until } => until.saturating_duration_since(now),
-                ProbeSlot::Free => Duration::ZERO,
-                ProbeSlot::InFlight { .. } => interval,
+                ProbeSlot::Waiting { until } => tokio_now + until.saturating_duration_since(now),
+                ProbeSlot::Free => tokio_now,
+                ProbeSlot::InFlight { .. } => next_tick,
                 ProbeSlot::Closed => match state.tracker.saturated_until() {
-                    Some(until) if until > now + interval => until.saturating_duration_since(now),
-                    _ => interval,
+                    Some(until) if until > now => next_tick.max(tokio_now + (until - now)),
+                    _ => next_tick,
                 },
             }
         };
         tokio::select! {
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep_until(wake_at) => {}
             () = entry.wake.notified() => {}
         }
     }
