@@ -1,4 +1,5 @@
-//! [`HttpHealthChecker`]: active checks over HTTP with reqwest.
+//! [`HttpHealthChecker`]: active checks over HTTP (reqwest, and a minimal
+//! HTTP/1.1 client for plain `http://`).
 //!
 //! One request per check, `GET {url}{probe_path}` (default `/v1/models`,
 //! because `mlx_lm.server`'s `/health` answers ok whatever state the model

@@ -30,8 +30,6 @@ use tokio::time::{Duration, Instant};
 const MAX_HEAD: usize = 64 * 1024;
 /// First size of the per-check read buffer.
 const INITIAL_BUFFER: usize = 1024;
-/// Idle connections are swept out of the pool every this many returns.
-const SWEEP_EVERY: u64 = 4096;
 
 /// A parsed absolute `http://` URL.
 #[derive(Debug)]
@@ -100,18 +98,24 @@ struct Idle {
     since: Instant,
 }
 
+struct Pool {
+    idle: HashMap<String, Vec<Idle>>,
+    /// Expired connections (e.g. of nodes no longer checked) are closed at
+    /// most one idle timeout after they expire.
+    last_sweep: Instant,
+}
+
 /// The client: a pool of idle connections by `host:port`.
 pub(crate) struct WireClient {
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    pool: Mutex<Pool>,
     idle_timeout: Duration,
     max_idle_per_host: usize,
-    returns: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for WireClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WireClient")
-            .field("idle_hosts", &self.idle.lock().len())
+            .field("idle_hosts", &self.pool.lock().idle.len())
             .field("idle_timeout", &self.idle_timeout)
             .field("max_idle_per_host", &self.max_idle_per_host)
             .finish()
@@ -121,10 +125,12 @@ impl std::fmt::Debug for WireClient {
 impl WireClient {
     pub(crate) fn new(idle_timeout: Duration, max_idle_per_host: usize) -> Self {
         Self {
-            idle: Mutex::new(HashMap::new()),
+            pool: Mutex::new(Pool {
+                idle: HashMap::new(),
+                last_sweep: Instant::now(),
+            }),
             idle_timeout,
             max_idle_per_host,
-            returns: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -171,14 +177,14 @@ impl WireClient {
     }
 
     fn take_idle(&self, address: &str) -> Option<TcpStream> {
-        let mut idle = self.idle.lock();
-        let list = idle.get_mut(address)?;
+        let mut pool = self.pool.lock();
+        let list = pool.idle.get_mut(address)?;
         while let Some(conn) = list.pop() {
             if conn.since.elapsed() < self.idle_timeout {
                 return Some(conn.stream);
             }
         }
-        idle.remove(address);
+        pool.idle.remove(address);
         None
     }
 
@@ -187,23 +193,19 @@ impl WireClient {
         if self.max_idle_per_host == 0 {
             return;
         }
-        let returns = self
-            .returns
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut idle = self.idle.lock();
-        if returns % SWEEP_EVERY == SWEEP_EVERY - 1 {
+        let now = Instant::now();
+        let mut pool = self.pool.lock();
+        if now.duration_since(pool.last_sweep) >= self.idle_timeout {
             let timeout = self.idle_timeout;
-            idle.retain(|_, list| {
-                list.retain(|c| c.since.elapsed() < timeout);
+            pool.idle.retain(|_, list| {
+                list.retain(|c| now.duration_since(c.since) < timeout);
                 !list.is_empty()
             });
+            pool.last_sweep = now;
         }
-        let list = idle.entry(address.to_owned()).or_default();
+        let list = pool.idle.entry(address.to_owned()).or_default();
         if list.len() < self.max_idle_per_host {
-            list.push(Idle {
-                stream,
-                since: Instant::now(),
-            });
+            list.push(Idle { stream, since: now });
         }
     }
 }
