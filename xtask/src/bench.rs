@@ -22,6 +22,13 @@ struct Bench {
 
 const BENCHES: &[Bench] = &[
     Bench {
+        name: "health-scale",
+        about: "10,000 loopback endpoints checked every second for a minute: CPU and peak RSS",
+        package: "cluster-health",
+        target: Some("scale"),
+        criterion: false,
+    },
+    Bench {
         name: "fingerprint",
         about: "prefix fingerprint of prompts from 1 KB to 100 KB, raw XXH64",
         package: "cluster-types",
