@@ -16,8 +16,17 @@ struct Bench {
     package: &'static str,
     /// `Some(target)` for a single bench target of the package.
     target: Option<&'static str>,
-    /// Whether it is a criterion bench (takes the short-run flags).
-    criterion: bool,
+    /// How it runs: a criterion bench (takes the short-run flags), a plain
+    /// bench target, or a release-built example with fixed arguments.
+    kind: Kind,
+}
+
+/// How a benchmark is started.
+enum Kind {
+    Criterion,
+    Plain,
+    /// `cargo run --release --example NAME -- ARGS`.
+    Example(&'static [&'static str]),
 }
 
 const BENCHES: &[Bench] = &[
@@ -26,35 +35,49 @@ const BENCHES: &[Bench] = &[
         about: "10,000 loopback endpoints checked every second for a minute: CPU and peak RSS",
         package: "cluster-health",
         target: Some("scale"),
-        criterion: false,
+        kind: Kind::Plain,
     },
     Bench {
         name: "fingerprint",
         about: "prefix fingerprint of prompts from 1 KB to 100 KB, raw XXH64",
         package: "cluster-types",
         target: Some("fingerprint"),
-        criterion: true,
+        kind: Kind::Criterion,
     },
     Bench {
         name: "metrics",
         about: "RollingWindow record/snapshot, EWMA and peak-EWMA updates, in-flight guard",
         package: "cluster-metrics",
         target: Some("metrics"),
-        criterion: true,
+        kind: Kind::Criterion,
     },
     Bench {
         name: "select",
         about: "Cluster select at 8..10,000 nodes per strategy; 100 KB fingerprint + cache-aware decision",
         package: "cluster-facade",
         target: Some("select"),
-        criterion: true,
+        kind: Kind::Criterion,
     },
     Bench {
         name: "routing",
         about: "routing quality in simulated time: hit ratio, TTFT and load per strategy (about a minute)",
         package: "cluster-facade",
         target: Some("routing"),
-        criterion: false,
+        kind: Kind::Plain,
+    },
+    Bench {
+        name: "proxy",
+        about: "wrk through the gateway vs nginx vs the node directly: req/s, added latency, CPU/request",
+        package: "cluster-gateway",
+        target: Some("proxy_bench"),
+        kind: Kind::Example(&[
+            "--rounds",
+            "3",
+            "--duration",
+            "8",
+            "--latency-duration",
+            "4",
+        ]),
     },
 ];
 
@@ -82,12 +105,23 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         .filter(|b| names.is_empty() || names.contains(&b.name))
     {
         let mut cmd: Command = cargo();
-        cmd.args(["bench", "--locked", "-p", bench.package]);
-        if let Some(target) = bench.target {
-            cmd.args(["--bench", target]);
-        }
-        if bench.criterion && !full {
-            cmd.args(["--", "--warm-up-time", "1", "--measurement-time", "3"]);
+        match bench.kind {
+            Kind::Example(example_args) => {
+                cmd.args(["run", "--release", "--locked", "-p", bench.package]);
+                if let Some(target) = bench.target {
+                    cmd.args(["--example", target]);
+                }
+                cmd.arg("--").args(example_args);
+            }
+            Kind::Criterion | Kind::Plain => {
+                cmd.args(["bench", "--locked", "-p", bench.package]);
+                if let Some(target) = bench.target {
+                    cmd.args(["--bench", target]);
+                }
+                if matches!(bench.kind, Kind::Criterion) && !full {
+                    cmd.args(["--", "--warm-up-time", "1", "--measurement-time", "3"]);
+                }
+            }
         }
         run_step(&format!("bench {}", bench.name), &mut cmd)?;
     }
