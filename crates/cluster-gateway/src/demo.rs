@@ -32,7 +32,7 @@ use crate::server;
 
 /// Options of `mlx-cluster demo`.
 ///
-/// Defaults: 4 nodes, 40 sessions, strategies cache-aware, cache-score,
+/// Defaults: 4 nodes, 16 sessions, strategies cache-aware, cache-score,
 /// least-loaded and round-robin, about 60 s of wall time, seed 1.
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
@@ -40,7 +40,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 4)]
     pub nodes: usize,
     /// Agentic coding sessions in the workload.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 16)]
     pub sessions: usize,
     /// Strategies to compare (comma separated): cache-aware, cache-score,
     /// least-loaded, latency-based, round-robin.
@@ -193,10 +193,14 @@ pub async fn run(args: DemoArgs) -> Result<(), GatewayError> {
         .map(|r| r.at)
         .fold(0.0_f64, f64::max)
         .max(1.0);
-    let wall = (args.duration.max(5) as f64) * 0.6;
+    // The trace's offsets count think time only; with every turn waiting for
+    // its reply (closed pacing) a run takes about 3× longer in simulated
+    // time. Aim at 80% of the wall-clock budget.
+    let sim_seconds = horizon * 3.0;
+    let wall = (args.duration.max(5) as f64) * 0.8;
     let time_scale = args
         .time_scale
-        .unwrap_or((horizon / wall).clamp(1.0, 10_000.0));
+        .unwrap_or((sim_seconds / wall).clamp(1.0, 10_000.0));
     let node = SimNodeConfig {
         time_scale,
         ..SimNodeConfig::default()
