@@ -425,8 +425,8 @@ pub enum LogFormat {
 pub struct GatewayConfig {
     /// Address the gateway listens on. Default `127.0.0.1:8000`.
     pub listen: SocketAddr,
-    /// Bearer token required by the admin/status API; none = admin API open
-    /// on loopback only. Default none.
+    /// Bearer token required by the admin API (drain, undrain, discovery
+    /// refresh); none = admin API disabled (it answers 403). Default none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<ApiKey>,
     /// Timeout to connect to a node. Default 2s.

@@ -401,7 +401,7 @@ const ENTRIES: &[Raw] = &[
         "gateway.admin_token",
         None,
         "secret string (optional)",
-        "Bearer token required by the admin/status API; without it the admin API answers loopback clients only.",
+        "Bearer token required by the admin API (drain, undrain, discovery refresh); without it the admin API is disabled and answers 403.",
         None,
     ),
     (
