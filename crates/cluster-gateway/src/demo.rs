@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use cluster_facade::Cluster;
+use cluster_facade::{Cluster, RouterParams};
 use cluster_sim::SimNodeConfig;
 use cluster_sim::fleet::{Fleet, FleetConfig};
 use cluster_sim::replay::{ReplayConfig, replay};
@@ -107,18 +107,42 @@ pub fn demo_config(urls: &[String], strategy: LoadBalanceStrategy) -> ClusterCon
     config
 }
 
+/// Routing parameters for a cluster whose nodes run `time_scale` times
+/// faster than real Macs. The cost model weighs prefill seconds against
+/// queue seconds; in the demo every wall-clock duration is `time_scale`
+/// simulated seconds, so its rates and durations are converted to wall
+/// clock too — otherwise the learned prefill rate (in wall-clock tokens/s)
+/// saturates its clamp and the fixed per-request and decode seconds drown
+/// the prefill saved by a cache hit.
+fn time_scaled_params(config: &ClusterConfig, time_scale: f64) -> RouterParams {
+    let mut params = RouterParams::from_config(config);
+    let scale = time_scale.max(1.0);
+    let cost = &mut params.cost;
+    cost.default_prefill_tokens_per_second *= scale;
+    cost.active_conversation_seconds /= scale;
+    cost.active_window = cost.active_window.div_f64(scale);
+    cost.per_request_seconds /= scale;
+    cost.default_decode_seconds /= scale;
+    cost.tie_abs_seconds /= scale;
+    params
+}
+
 async fn start_stack(
     strategy: LoadBalanceStrategy,
     nodes: usize,
     node: &SimNodeConfig,
     listen: SocketAddr,
+    time_scale: f64,
 ) -> Result<Stack, GatewayError> {
     let fleet = Fleet::start(FleetConfig::uniform(nodes, node))
         .await
         .map_err(|e| demo_error(format!("cannot start simulated nodes: {e}")))?;
     let config = demo_config(&fleet.urls(), strategy);
     let settings = GatewaySettings::from_config(&config);
-    let cluster = Cluster::start(config)
+    let params = time_scaled_params(&config, time_scale);
+    let cluster = Cluster::builder(config)
+        .router_params(params)
+        .start()
         .await
         .map_err(|e| demo_error(format!("cannot start the {strategy} cluster: {e}")))?;
     let listener = server::bind(listen).await?;
@@ -222,7 +246,7 @@ pub async fn run(args: DemoArgs) -> Result<(), GatewayError> {
                 .saturating_add(u16::try_from(i).unwrap_or(u16::MAX))
         };
         let listen = SocketAddr::from(([127, 0, 0, 1], port));
-        stacks.push(start_stack(*strategy, args.nodes, &node, listen).await?);
+        stacks.push(start_stack(*strategy, args.nodes, &node, listen, time_scale).await?);
     }
     let ready_by = Instant::now() + Duration::from_secs(15);
     while stacks.iter().any(|s| !all_nodes_healthy(&s.cluster)) {
