@@ -33,6 +33,13 @@ pub enum FixtureError {
         env_var: &'static str,
     },
 
+    /// A test certificate could not be made.
+    #[error("cannot make a test certificate: {message}")]
+    Tls {
+        /// What rcgen said.
+        message: String,
+    },
+
     /// A filesystem operation failed.
     #[error("{action} {path}: {source}")]
     Io {

@@ -4,6 +4,7 @@
 //!   on 127.0.0.1, from the Python venv and model directory that
 //!   `cargo xtask setup` caches under [`cache_dir()`].
 //! - [`dns`]: a real `dnsmasq` serving SRV and address records on 127.0.0.1.
+//! - [`tls`]: a throwaway CA and server certificate for TLS tests.
 //! - [`k8s`]: a Kubernetes API server speaking EndpointSlice JSON (list,
 //!   chunked watch, bookmarks, 410 Gone) for the real kube client.
 //!
@@ -31,6 +32,7 @@ pub mod dns;
 mod error;
 pub mod k8s;
 pub mod mlx;
+pub mod tls;
 
 pub use error::FixtureError;
 

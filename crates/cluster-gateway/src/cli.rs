@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 
 use crate::demo::DemoArgs;
 use crate::error::GatewayError;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, GatewaySettings};
 use crate::server;
 use crate::upstream::{UpstreamClient, UpstreamSettings};
 
@@ -48,6 +48,17 @@ pub enum Command {
     CheckConfig(CheckConfigArgs),
     /// Show the node table of a running gateway.
     Status(StatusArgs),
+    /// Print the `gateway.api_keys_file` line of a client key read from
+    /// standard input (its SHA-256; the key itself is not printed).
+    HashKey(HashKeyArgs),
+}
+
+/// `mlx-cluster hash-key`.
+#[derive(Debug, Args)]
+pub struct HashKeyArgs {
+    /// Name of the key's holder (the label of its metrics).
+    #[arg(value_name = "NAME")]
+    pub name: String,
 }
 
 /// `mlx-cluster serve`.
@@ -84,7 +95,9 @@ pub struct StatusArgs {
 
 /// Runs the parsed command line; the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
+    crate::tls::install_crypto_provider();
     match cli.command {
+        Command::HashKey(args) => hash_key(&args.name),
         Command::CheckConfig(args) => check_config(&args.file),
         Command::Serve(args) => block_on(serve(args)),
         Command::Status(args) => block_on(status(args)),
@@ -181,12 +194,56 @@ fn check_config(file: &Path) -> ExitCode {
     }
 }
 
+/// The key file line for `name` and `secret` (surrounding whitespace of
+/// the secret, such as a trailing newline, is ignored).
+///
+/// # Errors
+/// A message when `name` is not a valid key name or the secret is empty.
+pub fn key_file_line(name: &str, secret: &str) -> Result<String, String> {
+    if !cluster_types::config::is_valid_key_name(name) {
+        return Err(format!(
+            "invalid key name {name:?}: 1-64 characters of A-Z a-z 0-9 _ - ."
+        ));
+    }
+    let secret = secret.trim();
+    if secret.is_empty() {
+        return Err("no key on standard input".to_owned());
+    }
+    Ok(format!(
+        "{name} sha256:{}",
+        crate::auth::sha256_hex(secret.as_bytes())
+    ))
+}
+
+fn hash_key(name: &str) -> ExitCode {
+    let mut secret = String::new();
+    if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut secret) {
+        eprintln!("mlx-cluster: cannot read the key from standard input: {e}");
+        return ExitCode::FAILURE;
+    }
+    match key_file_line(name, &secret) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("mlx-cluster: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn serve(args: ServeArgs) -> Result<(), GatewayError> {
     let mut config = load_serve_config(args.config.as_deref()).map_err(|e| config_error(&e))?;
     if let Some(listen) = args.listen {
         config.gateway.listen = listen;
     }
     server::init_logging(config.gateway.log_format, "info");
+    let settings = GatewaySettings::load(&config)?;
+    if let Some(tls) = &config.gateway.tls {
+        // Fail before binding when the certificate cannot be used.
+        crate::tls::server_config(tls)?;
+    }
     let listen = config.gateway.listen;
     let listener = server::bind(listen).await?;
     let cluster = Cluster::start(config)
@@ -194,15 +251,24 @@ async fn serve(args: ServeArgs) -> Result<(), GatewayError> {
         .map_err(|e| GatewayError::Config {
             message: e.to_string(),
         })?;
-    let gateway = Gateway::from_cluster(cluster.clone());
+    let gateway = Gateway::new(cluster.clone(), settings);
     let local = listener.local_addr().unwrap_or(listen);
+    let scheme = if config_has_tls(&gateway) {
+        "https"
+    } else {
+        "http"
+    };
     tracing::info!(
-        "mlx-cluster listening on http://{local} (dashboard http://{local}/, OpenAI base URL http://{local}/v1)"
+        "mlx-cluster listening on {scheme}://{local} (dashboard {scheme}://{local}/, OpenAI base URL {scheme}://{local}/v1)"
     );
     let result = server::serve(listener, gateway, server::shutdown_signal()).await;
     cluster.shutdown().await;
     tracing::info!("stopped");
     result
+}
+
+fn config_has_tls(gateway: &Gateway) -> bool {
+    gateway.settings().tls.is_some()
 }
 
 /// Fetches a gateway's `/v1/cluster/status`.
@@ -343,6 +409,20 @@ mod tests {
             panic!("static expected")
         };
         assert_eq!(s.nodes[0].url, "http://10.0.0.9:8080");
+    }
+
+    #[test]
+    fn key_file_line_hashes_the_trimmed_key() {
+        let line = key_file_line("alice", "sk-test\n").unwrap();
+        assert_eq!(
+            line,
+            format!("alice sha256:{}", crate::auth::sha256_hex(b"sk-test"))
+        );
+        assert!(!line.contains("sk-test"));
+        let keys = cluster_types::parse_api_keys_file(&line).unwrap();
+        assert_eq!(keys[0].name, "alice");
+        assert!(key_file_line("a b", "k").is_err());
+        assert!(key_file_line("alice", " \n").is_err());
     }
 
     #[test]

@@ -42,6 +42,13 @@ pub mod codes {
     pub const UPSTREAM_ERROR: &str = "upstream_error";
     /// The node stopped sending for longer than the idle timeout (504).
     pub const UPSTREAM_IDLE_TIMEOUT: &str = "upstream_idle_timeout";
+    /// The body did not arrive within `gateway.body_read_timeout` (408).
+    pub const BODY_READ_TIMEOUT: &str = "body_read_timeout";
+    /// Missing or unknown client API key (401).
+    pub const INVALID_API_KEY: &str = "invalid_api_key";
+    /// A client key's `requests_per_minute` or `max_concurrent` is used up
+    /// (429).
+    pub const RATE_LIMITED: &str = "rate_limit_exceeded";
     /// Missing or wrong admin bearer token (401).
     pub const UNAUTHORIZED: &str = "unauthorized";
     /// Admin endpoints are disabled: no `gateway.admin_token` configured (403).

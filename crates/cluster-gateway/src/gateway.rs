@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
-use cluster_types::{ApiKey, ClusterConfig};
+use cluster_types::{ApiKey, ClusterConfig, TlsConfig};
 
+use crate::auth::ClientKeys;
 use crate::backend::ClusterHandle;
+use crate::error::GatewayError;
+use crate::limits::ConnectionLimiter;
 use crate::metrics::GatewayMetrics;
 use crate::upstream::{UpstreamClient, UpstreamSettings};
 use crate::{ops, proxy};
@@ -20,7 +23,8 @@ use crate::{ops, proxy};
 /// 32 MiB, session header `x-session-id`, fingerprint blocks of 256 bytes,
 /// 2 retries 100 ms apart, idle timeout 60 s, no overall request timeout,
 /// connect timeout 2 s, first byte timeout 300 s, shutdown grace 30 s, no
-/// admin token.
+/// admin token, no client keys, no TLS, header-read timeout 30 s, body-read
+/// timeout 60 s, 8192 connections, request heads up to 64 KiB.
 #[derive(Debug, Clone)]
 pub struct GatewaySettings {
     /// Largest request body accepted (`gateway.max_body_bytes`).
@@ -47,10 +51,39 @@ pub struct GatewaySettings {
     /// Node client settings (`gateway.connect_timeout`,
     /// `gateway.first_byte_timeout`).
     pub upstream: UpstreamSettings,
+    /// Client keys (`gateway.api_keys`, `gateway.api_keys_file`); `None` =
+    /// open. See [`crate::auth`].
+    pub client_keys: Option<Arc<ClientKeys>>,
+    /// Serve TLS with these files (`gateway.tls`); `None` = plain HTTP.
+    pub tls: Option<TlsConfig>,
+    /// Time to send a request head, and the idle time of a kept-alive
+    /// connection (`gateway.header_read_timeout`).
+    pub header_read_timeout: Duration,
+    /// Time to send a whole request body (`gateway.body_read_timeout`).
+    pub body_read_timeout: Duration,
+    /// Most open client connections (`gateway.max_connections`).
+    pub max_connections: usize,
+    /// Largest request head, bytes (`gateway.max_header_bytes`).
+    pub max_header_bytes: usize,
 }
 
 impl GatewaySettings {
-    /// Resolves the settings from a configuration.
+    /// Resolves the settings from a configuration, reading the files it
+    /// names (`gateway.api_keys_file`).
+    ///
+    /// # Errors
+    /// [`GatewayError::Config`] when the key file cannot be read or has
+    /// problems.
+    pub fn load(config: &ClusterConfig) -> Result<Self, GatewayError> {
+        let mut settings = Self::from_config(config);
+        settings.client_keys = ClientKeys::load(&config.gateway)?.map(Arc::new);
+        Ok(settings)
+    }
+
+    /// Resolves the settings from a configuration without reading files:
+    /// with `gateway.api_keys_file` set, authentication is on but only the
+    /// inline `gateway.api_keys` are accepted until [`load`](Self::load)
+    /// reads the file.
     #[must_use]
     pub fn from_config(config: &ClusterConfig) -> Self {
         let g = &config.gateway;
@@ -69,6 +102,12 @@ impl GatewaySettings {
                 first_byte_timeout: g.first_byte_timeout,
                 ..UpstreamSettings::default()
             },
+            client_keys: ClientKeys::from_config_inline(g).map(Arc::new),
+            tls: g.tls.clone(),
+            header_read_timeout: g.header_read_timeout,
+            body_read_timeout: g.body_read_timeout,
+            max_connections: usize::try_from(g.max_connections).unwrap_or(usize::MAX),
+            max_header_bytes: usize::try_from(g.max_header_bytes).unwrap_or(usize::MAX),
         }
     }
 }
@@ -87,6 +126,7 @@ pub struct Gateway {
     settings: GatewaySettings,
     metrics: GatewayMetrics,
     shutting_down: AtomicBool,
+    connections: Arc<ConnectionLimiter>,
 }
 
 impl Gateway {
@@ -104,6 +144,7 @@ impl Gateway {
     pub fn new(cluster: impl ClusterHandle, settings: GatewaySettings) -> Arc<Self> {
         Arc::new(Self {
             upstream: UpstreamClient::new(settings.upstream),
+            connections: ConnectionLimiter::new(settings.max_connections),
             cluster: Box::new(cluster),
             settings,
             metrics: GatewayMetrics::default(),
@@ -137,6 +178,10 @@ impl Gateway {
             .route("/admin/discovery/refresh", post(ops::refresh_discovery))
             .route("/", get(ops::dashboard))
             .fallback(ops::not_found)
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(self),
+                crate::auth::authenticate,
+            ))
             .with_state(Arc::clone(self))
     }
 
@@ -156,6 +201,12 @@ impl Gateway {
     #[must_use]
     pub fn settings(&self) -> &GatewaySettings {
         &self.settings
+    }
+
+    /// The open client connections and the accept loop's counters.
+    #[must_use]
+    pub fn connections(&self) -> &Arc<ConnectionLimiter> {
+        &self.connections
     }
 
     /// The gateway's own counters.

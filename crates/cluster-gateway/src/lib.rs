@@ -11,7 +11,10 @@
 //!   first token and usage ([`sniff`]), and ends a broken stream with an SSE
 //!   error event;
 //! - [`ops`] serves status, models, metrics, health, admin and the
-//!   dashboard; [`server`] serves it all with graceful shutdown;
+//!   dashboard; [`server`] serves it all with graceful shutdown, over TLS
+//!   when configured ([`tls`]);
+//! - [`auth`] checks client keys and their rate limits; [`limits`] caps
+//!   open connections (the header, body and size limits are listed there);
 //! - [`cli`] and [`demo`] are the command line.
 //!
 //! Endpoints, CLI and operations are described in `docs/gateway.md`.
@@ -42,11 +45,13 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod backend;
 pub mod cli;
 pub mod demo;
 pub mod error;
 pub mod gateway;
+pub mod limits;
 pub mod metrics;
 pub mod ops;
 pub mod proxy;
@@ -54,4 +59,5 @@ pub mod relay;
 pub mod request;
 pub mod server;
 pub mod sniff;
+pub mod tls;
 pub mod upstream;

@@ -2,8 +2,9 @@
 //!
 //! Admin endpoints (`/admin/...`) require `Authorization: Bearer <token>`
 //! with `gateway.admin_token`: 401 without it or with a wrong token. When no
-//! token is configured they are disabled and answer 403. Everything else is
-//! unauthenticated (bind the gateway to a trusted interface).
+//! token is configured they are disabled and answer 403; the token is
+//! compared in constant time ([`subtle`]). The other endpoints need a client
+//! key when `gateway.api_keys` are configured (see [`crate::auth`]).
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use cluster_facade::FacadeError;
 use cluster_types::NodeId;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Serialize;
+use subtle::ConstantTimeEq;
 
 use crate::error::{ApiError, codes};
 use crate::gateway::Gateway;
@@ -97,6 +99,10 @@ pub async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Resp
         text.push('\n');
     }
     gw.metrics().encode(&mut text, true);
+    gw.connections().encode(&mut text, true);
+    if let Some(keys) = &gw.settings().client_keys {
+        keys.encode(&mut text, true);
+    }
     text.push_str("# EOF\n");
     let openmetrics = headers
         .get_all(header::ACCEPT)
@@ -202,7 +208,7 @@ fn authorize(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match presented {
-        Some(p) if constant_time_eq(p.as_bytes(), token.expose().as_bytes()) => Ok(()),
+        Some(p) if bool::from(p.as_bytes().ct_eq(token.expose().as_bytes())) => Ok(()),
         _ => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "authentication_error",
@@ -210,13 +216,6 @@ fn authorize(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
             "admin endpoints need `Authorization: Bearer <gateway.admin_token>`",
         )),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn unauthorized_response(error: ApiError) -> Response {
@@ -324,13 +323,6 @@ pub async fn refresh_discovery(State(gw): State<Arc<Gateway>>, headers: HeaderMa
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn constant_time_eq_works() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-    }
 
     #[test]
     fn openmetrics_counters_become_prometheus_counters() {

@@ -100,7 +100,22 @@ async fn proxy(gw: &Arc<Gateway>, api: ApiKind, req: Request) -> Result<Response
         .request_timeout
         .map(|t| (tokio::time::Instant::now() + t, t));
     let (parts, body) = req.into_parts();
-    let body = read_body(&parts.headers, body, settings.max_body_bytes).await?;
+    let body = tokio::time::timeout(
+        settings.body_read_timeout,
+        read_body(&parts.headers, body, settings.max_body_bytes),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            codes::BODY_READ_TIMEOUT,
+            format!(
+                "the request body did not arrive within gateway.body_read_timeout ({:?})",
+                settings.body_read_timeout
+            ),
+        )
+    })??;
     let (ctx, stream) = {
         let parsed = ParsedRequest::parse(api, &parts.headers, &settings.session_header, &body)?;
         (

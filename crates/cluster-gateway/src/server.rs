@@ -12,6 +12,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tracing_subscriber::EnvFilter;
 
 use crate::error::GatewayError;
@@ -31,16 +32,36 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
 /// accepting connections, lets in-flight requests (streams included) finish
 /// for at most `gateway.shutdown_grace`, and returns. `/readyz` answers 503
 /// from the moment `shutdown` completes. Connections are HTTP/1.1 with
-/// keep-alive and `TCP_NODELAY`.
+/// keep-alive and `TCP_NODELAY`; over TLS when `gateway.tls` is set (see
+/// [`crate::tls`]).
+///
+/// Each connection must send its request head within
+/// `gateway.header_read_timeout` (default 30 s; also the idle time of a
+/// kept-alive connection), in at most `gateway.max_header_bytes` (default
+/// 64 KiB, else 431); at most `gateway.max_connections` are open at once
+/// (default 8192, else 503 and close — see [`crate::limits`]).
 ///
 /// The cluster itself is not shut down here (the caller owns it).
+///
+/// # Errors
+/// [`GatewayError::Config`] when the TLS files cannot be loaded.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
     let app = gateway.router();
-    let grace = gateway.settings().shutdown_grace;
+    let settings = gateway.settings();
+    let grace = settings.shutdown_grace;
+    let acceptor = settings
+        .tls
+        .as_ref()
+        .map(crate::tls::server_config)
+        .transpose()?
+        .map(TlsAcceptor::from);
+    let header_read_timeout = settings.header_read_timeout;
+    let max_header_bytes = settings.max_header_bytes.max(8192);
+    let limiter = Arc::clone(gateway.connections());
     let connections = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -57,20 +78,64 @@ pub async fn serve(
                 continue;
             }
         };
+        let Some(permit) = limiter.try_acquire() else {
+            tracing::debug!(
+                max = limiter.max(),
+                "connection refused: gateway.max_connections reached"
+            );
+            if acceptor.is_none() {
+                limiter.refuse(stream);
+            }
+            continue;
+        };
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
         let service = TowerToHyperService::new(app.clone());
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(60))
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = connections.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "client connection ended with an error");
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .max_buf_size(max_header_bytes);
+        match &acceptor {
+            None => {
+                let connection =
+                    connections.watch(http.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "client connection ended with an error");
+                    }
+                });
             }
-        });
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let watcher = connections.watcher();
+                let limiter = Arc::clone(&limiter);
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let handshake =
+                        tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await;
+                    let stream = match handshake {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            limiter.tls_failure();
+                            tracing::debug!(%error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            limiter.tls_failure();
+                            tracing::debug!("TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let connection =
+                        watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "client connection ended with an error");
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     gateway.begin_shutdown();

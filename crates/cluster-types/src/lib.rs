@@ -52,9 +52,10 @@ mod routing;
 mod state;
 
 pub use config::{
-    BackoffConfig, CacheConfig, ClusterConfig, ConfigErrors, ConfigFormat, ConfigProblem,
-    DiscoveryConfig, DnsDiscovery, GatewayConfig, HealthConfig, KubernetesDiscovery, LogFormat,
-    RoutingConfig, Scheme, StaticDiscovery, apply_env_overrides, config_reference_markdown,
+    BackoffConfig, CacheConfig, ClientKey, ClusterConfig, ConfigErrors, ConfigFormat,
+    ConfigProblem, DiscoveryConfig, DnsDiscovery, GatewayConfig, HealthConfig, KubernetesDiscovery,
+    LogFormat, RoutingConfig, Scheme, StaticDiscovery, TlsConfig, apply_env_overrides,
+    config_reference_markdown, parse_api_keys_file,
 };
 pub use fingerprint::{PrefixFingerprint, PrefixFingerprintBuilder, SegmentKind};
 pub use node::{

@@ -537,6 +537,16 @@ fn full_config(mode: &str) -> ClusterConfig {
     };
     c.gateway.admin_token = Some(ApiKey::new("t"));
     c.gateway.request_timeout = Some(Duration::from_secs(600));
+    let mut key = cluster_types::ClientKey::secret("alice", "k");
+    key.key_sha256 = Some("0".repeat(64));
+    key.requests_per_minute = Some(60);
+    key.max_concurrent = Some(4);
+    c.gateway.api_keys = vec![key];
+    c.gateway.api_keys_file = Some("/etc/mlx-cluster/keys".into());
+    c.gateway.tls = Some(cluster_types::TlsConfig {
+        cert: "/etc/mlx-cluster/cert.pem".into(),
+        key: "/etc/mlx-cluster/key.pem".into(),
+    });
     c
 }
 
@@ -703,4 +713,38 @@ fn yaml_alias_bombs_are_rejected() {
     }
     let err = ClusterConfig::parse(&text, ConfigFormat::Yaml).unwrap_err();
     assert!(err.to_string().starts_with("invalid YAML"), "{err}");
+}
+
+#[test]
+fn client_keys_and_listener_limits_are_validated() {
+    let text = r#"
+        [gateway]
+        max_connections = 0
+        max_header_bytes = 100
+        header_read_timeout = "0s"
+        api_keys = [
+            { name = "alice", key = "s3cret", requests_per_minute = 0 },
+            { name = "alice", key_sha256 = "abc" },
+            { name = "bob" },
+        ]
+        tls = { cert = "", key = "/k.pem" }
+    "#;
+    let err = ClusterConfig::parse(text, ConfigFormat::Toml).unwrap_err();
+    let paths: Vec<_> = err.problems().iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "gateway.api_keys[0].requests_per_minute",
+            "gateway.api_keys[1].name",
+            "gateway.api_keys[1].key_sha256",
+            "gateway.api_keys[2]",
+            "gateway.tls.cert",
+            "gateway.header_read_timeout",
+            "gateway.max_connections",
+            "gateway.max_header_bytes",
+        ],
+        "{err}"
+    );
+    // The secret never shows in the problems.
+    assert!(!err.to_string().contains("s3cret"));
 }

@@ -10,12 +10,14 @@
 //! environment overrides in [`apply_env_overrides`]; semantic checks in
 //! [`ClusterConfig::validate`].
 
+mod access;
 mod env;
 mod parse;
 mod reference;
 mod validate;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +26,7 @@ use crate::fingerprint::DEFAULT_BLOCK_BYTES;
 use crate::node::{ApiKey, NodeSpec};
 use crate::routing::LoadBalanceStrategy;
 
+pub use access::{ClientKey, TlsConfig, is_sha256_hex, is_valid_key_name, parse_api_keys_file};
 pub use env::{ENV_PREFIX, apply_env_overrides};
 pub use parse::{ConfigErrors, ConfigFormat, ConfigProblem};
 pub use reference::{ReferenceEntry, config_reference, config_reference_markdown};
@@ -419,7 +422,10 @@ pub enum LogFormat {
 ///
 /// Defaults: `listen` 127.0.0.1:8000, `admin_token` none, `connect_timeout`
 /// 2s, `first_byte_timeout` 300s, `idle_timeout` 60s, `request_timeout`
-/// none, `max_body_bytes` 32 MiB, `shutdown_grace` 30s, `log_format` human.
+/// none, `max_body_bytes` 32 MiB, `shutdown_grace` 30s, `log_format` human,
+/// no client keys (`api_keys` empty, `api_keys_file` none: the proxy is
+/// open), no TLS, `header_read_timeout` 30s, `body_read_timeout` 60s,
+/// `max_connections` 8192, `max_header_bytes` 64 KiB.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
@@ -453,6 +459,34 @@ pub struct GatewayConfig {
     pub shutdown_grace: Duration,
     /// Log format. Default `human`.
     pub log_format: LogFormat,
+    /// Client API keys; when any is configured (here or in
+    /// `api_keys_file`) every endpoint but `/healthz`, `/readyz`, the
+    /// dashboard page and the admin API (which has `admin_token`) needs
+    /// one. Default empty (open).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub api_keys: Vec<ClientKey>,
+    /// File of hashed client keys, one `NAME sha256:HEX [options]` per line
+    /// (see [`parse_api_keys_file`]), read at start-up. Default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_keys_file: Option<PathBuf>,
+    /// Serve HTTPS with this certificate and key. Default none (plain HTTP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Time a client has to send a request's headers (and, with TLS, to
+    /// finish the handshake); also how long an idle kept-alive connection
+    /// stays open. Default 30s.
+    #[serde(with = "crate::duration")]
+    pub header_read_timeout: Duration,
+    /// Time a client has to send a whole request body; beyond it 408.
+    /// Default 60s.
+    #[serde(with = "crate::duration")]
+    pub body_read_timeout: Duration,
+    /// Most client connections open at once; beyond it a new connection is
+    /// answered 503 and closed. Default 8192.
+    pub max_connections: u32,
+    /// Largest request head (request line and headers), bytes; beyond it
+    /// 431. At least 8192. Default 65536.
+    pub max_header_bytes: u32,
 }
 
 impl Default for GatewayConfig {
@@ -467,6 +501,13 @@ impl Default for GatewayConfig {
             max_body_bytes: 32 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
             log_format: LogFormat::Human,
+            api_keys: Vec::new(),
+            api_keys_file: None,
+            tls: None,
+            header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(60),
+            max_connections: 8192,
+            max_header_bytes: 64 * 1024,
         }
     }
 }

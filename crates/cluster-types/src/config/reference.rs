@@ -453,6 +453,97 @@ const ENTRIES: &[Raw] = &[
         "Log output format.",
         None,
     ),
+    (
+        "gateway.api_keys",
+        None,
+        "array of tables",
+        "Client API keys, sent as `Authorization: Bearer KEY` or `x-api-key: KEY`. When any key is configured (here or in `api_keys_file`), every endpoint except `/healthz`, `/readyz`, the dashboard page and the admin API answers 401 without a valid key. Empty = open.",
+        None,
+    ),
+    (
+        "gateway.api_keys[].name",
+        None,
+        "string",
+        "Name of the key's holder, 1-64 characters of `A-Z a-z 0-9 _ - .`, unique: the label of its metrics (the key itself never appears).",
+        REQUIRED,
+    ),
+    (
+        "gateway.api_keys[].key",
+        None,
+        "secret string (optional)",
+        "The key itself. Never printed or serialized. Set this or `key_sha256`.",
+        None,
+    ),
+    (
+        "gateway.api_keys[].key_sha256",
+        None,
+        "string (optional)",
+        "Lowercase hex SHA-256 of the key (`mlx-cluster hash-key` prints it), so the config need not hold the secret. Set this or `key`.",
+        None,
+    ),
+    (
+        "gateway.api_keys[].requests_per_minute",
+        None,
+        "integer (optional)",
+        "Most requests per minute (token bucket); beyond it 429 with `Retry-After`. Unset = no limit.",
+        None,
+    ),
+    (
+        "gateway.api_keys[].max_concurrent",
+        None,
+        "integer (optional)",
+        "Most requests in flight at once (a stream counts until it ends); beyond it 429 with `Retry-After`. Unset = no limit.",
+        None,
+    ),
+    (
+        "gateway.api_keys_file",
+        None,
+        "path (optional)",
+        "File of hashed client keys read at start-up, one `NAME sha256:HEX [requests_per_minute=N] [max_concurrent=N]` per line (`#` comments). Adds to `api_keys`; names must be unique across both.",
+        None,
+    ),
+    (
+        "gateway.tls.cert",
+        None,
+        "path",
+        "Serve HTTPS: PEM file with the certificate chain (server certificate first). Without a `[gateway.tls]` table the gateway speaks plain HTTP.",
+        REQUIRED,
+    ),
+    (
+        "gateway.tls.key",
+        None,
+        "path",
+        "PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1).",
+        REQUIRED,
+    ),
+    (
+        "gateway.header_read_timeout",
+        None,
+        "duration",
+        "Time a client has to send a request's headers (and to finish the TLS handshake); also how long an idle kept-alive connection stays open.",
+        None,
+    ),
+    (
+        "gateway.body_read_timeout",
+        None,
+        "duration",
+        "Time a client has to send a whole request body; beyond it 408.",
+        None,
+    ),
+    (
+        "gateway.max_connections",
+        None,
+        "integer",
+        "Most client connections open at once; a connection beyond it is answered 503 (`connection_limit`) and closed.",
+        None,
+    ),
+    (
+        "gateway.max_header_bytes",
+        None,
+        "integer",
+        "Largest request head (request line and headers) in bytes, at least 8192; beyond it 431.",
+        None,
+    ),
 ];
 
 /// The default document for a discovery mode (None = the default mode).
@@ -556,6 +647,7 @@ pub(crate) fn is_string_path(segments: &[String]) -> bool {
             && (ty.starts_with("string")
                 || ty.starts_with("secret")
                 || ty.starts_with("socket")
+                || ty.starts_with("path")
                 || ty.starts_with("enum"))
     })
 }

@@ -340,6 +340,21 @@ fn gateway(p: &mut Problems, g: &GatewayConfig) {
         }
     }
     p.at_least("gateway.max_body_bytes", g.max_body_bytes, MIN_BODY_BYTES);
+    p.0.extend(super::access::client_key_problems(&g.api_keys, &|i| {
+        format!("gateway.api_keys[{i}]")
+    }));
+    if let Some(tls) = &g.tls {
+        if tls.cert.as_os_str().is_empty() {
+            p.push("gateway.tls.cert", "must not be empty");
+        }
+        if tls.key.as_os_str().is_empty() {
+            p.push("gateway.tls.key", "must not be empty");
+        }
+    }
+    p.positive("gateway.header_read_timeout", g.header_read_timeout);
+    p.positive("gateway.body_read_timeout", g.body_read_timeout);
+    p.at_least("gateway.max_connections", g.max_connections, 1);
+    p.at_least("gateway.max_header_bytes", g.max_header_bytes, 8192);
 }
 
 /// Checks a node base URL and returns a normalized form for duplicate
