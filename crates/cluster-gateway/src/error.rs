@@ -44,6 +44,8 @@ pub mod codes {
     pub const UPSTREAM_IDLE_TIMEOUT: &str = "upstream_idle_timeout";
     /// The body did not arrive within `gateway.body_read_timeout` (408).
     pub const BODY_READ_TIMEOUT: &str = "body_read_timeout";
+    /// The request head is larger than `gateway.max_header_bytes` (431).
+    pub const HEADERS_TOO_LARGE: &str = "headers_too_large";
     /// Missing or unknown client API key (401).
     pub const INVALID_API_KEY: &str = "invalid_api_key";
     /// A client key's `requests_per_minute` or `max_concurrent` is used up

@@ -180,7 +180,7 @@ impl Gateway {
             .fallback(ops::not_found)
             .layer(axum::middleware::from_fn_with_state(
                 Arc::clone(self),
-                crate::auth::authenticate,
+                crate::limits::guard,
             ))
             .with_state(Arc::clone(self))
     }

@@ -1,10 +1,10 @@
 //! Limits that keep one client from starving the others: a cap on open
 //! connections with a clear refusal, and the counters the accept loop keeps.
 //!
-//! The other limits live where they act: the header-read timeout and the
-//! largest request head are hyper's (`gateway.header_read_timeout`,
-//! `gateway.max_header_bytes`, applied in [`crate::server`]; an oversized
-//! head is answered 431), the body-read timeout and the body size are the
+//! The other limits live where they act: the header-read timeout is
+//! hyper's (`gateway.header_read_timeout`, applied in [`crate::server`]);
+//! the largest request head (`gateway.max_header_bytes`) bounds hyper's
+//! read buffer and is checked exactly by [`guard`] (431); the body-read timeout and the body size are the
 //! proxy's (`gateway.body_read_timeout` → 408, `gateway.max_body_bytes` →
 //! 413), and the JSON parser refuses nesting deeper than 128 levels (400).
 //!
@@ -24,6 +24,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -175,6 +179,111 @@ impl ConnectionLimiter {
     }
 }
 
+/// Size of a request head as sent: request line and header lines, CRLFs
+/// included.
+#[must_use]
+pub fn head_size(req: &Request) -> usize {
+    let line = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + " HTTP/1.1\r\n".len()
+        + 1;
+    req.headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
+        .sum::<usize>()
+        + line
+        + 2
+}
+
+/// Middleware in front of every route: refuses a request head larger than
+/// `gateway.max_header_bytes` with 431 (hyper's own check, on its read
+/// buffer, may let up to twice that through), then checks client keys
+/// ([`crate::auth::authenticate`]).
+pub async fn guard(
+    State(gw): State<Arc<crate::gateway::Gateway>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let max = gw.settings().max_header_bytes;
+    if head_size(&req) > max {
+        return crate::error::ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "invalid_request_error",
+            crate::error::codes::HEADERS_TOO_LARGE,
+            format!("the request head is larger than gateway.max_header_bytes ({max} bytes)"),
+        )
+        .into_response();
+    }
+    crate::auth::authenticate(State(gw), req, next).await
+}
+
+/// Deepest JSON nesting a request body may have (serde_json's own
+/// recursion limit).
+pub const MAX_JSON_DEPTH: usize = 128;
+
+/// Whether the JSON text `body` nests arrays and objects deeper than
+/// `max`, anywhere — also inside values the gateway itself does not parse
+/// (message contents are forwarded raw, and a node's parser may recurse).
+/// One pass over the bytes, strings and escapes skipped; says nothing about
+/// validity otherwise.
+#[must_use]
+pub fn json_too_deep(body: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Open file descriptors of this process (Linux: entries of
+/// `/proc/self/fd`); `None` where that cannot be read.
+#[must_use]
+pub fn open_fds() -> Option<usize> {
+    std::fs::read_dir("/proc/self/fd").ok().map(Iterator::count)
+}
+
+/// Appends process gauges: `process_open_fds` (Linux) and
+/// `mlx_cluster_gateway_runtime_alive_tasks` (tasks alive in the Tokio
+/// runtime serving the call). Leaks of connections, streams or their tasks
+/// show here first.
+pub fn encode_process(out: &mut String) {
+    if let Some(fds) = open_fds() {
+        let _ = writeln!(
+            out,
+            "# HELP process_open_fds Number of open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {fds}"
+        );
+    }
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        let _ = writeln!(
+            out,
+            "# HELP mlx_cluster_gateway_runtime_alive_tasks Tasks alive in the gateway's async runtime.\n# TYPE mlx_cluster_gateway_runtime_alive_tasks gauge\nmlx_cluster_gateway_runtime_alive_tasks {}",
+            handle.metrics().num_alive_tasks()
+        );
+    }
+}
+
 /// The refusal's bytes.
 #[must_use]
 pub fn refusal_response(max: usize) -> Vec<u8> {
@@ -216,6 +325,16 @@ mod tests {
         l.encode(&mut text, false);
         assert!(text.contains("mlx_cluster_gateway_connections_refused_total 1"));
         assert!(text.contains("mlx_cluster_gateway_connections_accepted_total 3"));
+    }
+
+    #[test]
+    fn json_depth() {
+        assert!(!json_too_deep(br#"{"a":[[1]],"s":"[[[[[["}"#, 3));
+        assert!(json_too_deep(br#"{"a":[[[1]]]}"#, 3));
+        assert!(!json_too_deep(br#"{"s":"\"[[[[[\\"}"#, 1));
+        let deep = [vec![b'['; 200], vec![b']'; 200]].concat();
+        assert!(json_too_deep(&deep, MAX_JSON_DEPTH));
+        assert!(!json_too_deep(&deep, 200));
     }
 
     #[test]

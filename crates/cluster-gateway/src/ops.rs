@@ -100,6 +100,7 @@ pub async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Resp
     }
     gw.metrics().encode(&mut text, true);
     gw.connections().encode(&mut text, true);
+    crate::limits::encode_process(&mut text);
     if let Some(keys) = &gw.settings().client_keys {
         keys.encode(&mut text, true);
     }

@@ -116,6 +116,12 @@ async fn proxy(gw: &Arc<Gateway>, api: ApiKind, req: Request) -> Result<Response
             ),
         )
     })??;
+    if crate::limits::json_too_deep(&body, crate::limits::MAX_JSON_DEPTH) {
+        return Err(ApiError::invalid_body(format!(
+            "the body nests JSON deeper than {} levels",
+            crate::limits::MAX_JSON_DEPTH
+        )));
+    }
     let (ctx, stream) = {
         let parsed = ParsedRequest::parse(api, &parts.headers, &settings.session_header, &body)?;
         (

@@ -3,6 +3,8 @@
 //! with the OpenAI SDK in `tests/tests/gateway_security.rs`.)
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -11,12 +13,11 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
-use cluster_facade::{NodeEntry, Router, RouterParams, StrategyKind};
 use cluster_gateway::auth::sha256_hex;
-use cluster_gateway::gateway::{Gateway, GatewaySettings};
 use cluster_sim::{SimNode, SimNodeConfig};
-use cluster_types::{ClientKey, NodeSpec, NodeStatus};
+use cluster_types::ClientKey;
 use serde_json::{Value, json};
+use support::gateway;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -75,28 +76,6 @@ async fn streaming_node() -> (String, mpsc::Sender<mpsc::Receiver<Bytes>>) {
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     (url, tx)
-}
-
-/// A gateway over a bare router with one healthy node at `url`.
-async fn gateway(url: &str, tweak: impl FnOnce(&mut GatewaySettings)) -> (String, Arc<Gateway>) {
-    let router = Router::new(
-        RouterParams::default().with_strategy(StrategyKind::RoundRobin),
-        cluster_metrics::system_clock(),
-    );
-    let mut entry = NodeEntry::new(NodeSpec::new("n1", url), NodeStatus::Healthy);
-    entry.models = vec!["m".into()];
-    router.publish(vec![entry]);
-    let mut settings = GatewaySettings::default();
-    tweak(&mut settings);
-    let gateway = Gateway::new(router, settings);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(cluster_gateway::server::serve(
-        listener,
-        Arc::clone(&gateway),
-        std::future::pending(),
-    ));
-    (format!("http://{addr}"), gateway)
 }
 
 fn keys(list: Vec<ClientKey>) -> Option<Arc<cluster_gateway::auth::ClientKeys>> {

@@ -17,6 +17,9 @@
 //!   loopback ports, in-process or as child processes.
 //! * [`workload`] — a seeded generator of agentic coding sessions and the
 //!   compact JSONL trace format, with an expander back to full requests.
+//! * [`hostile`] — misbehaving *clients* (slow-loris, idle floods, raw
+//!   malformed requests, mid-stream disconnects) and a well-behaved client
+//!   that measures what they cost it, for chaos tests of a gateway.
 //! * [`replay::replay`] — sends a trace to any OpenAI-compatible base URLs
 //!   and reports TTFT, latency and cache hit ratio ([`report`]).
 //!
@@ -51,6 +54,7 @@ pub mod cache;
 pub mod error;
 pub mod faults;
 pub mod fleet;
+pub mod hostile;
 mod metrics;
 pub mod model;
 pub mod replay;
