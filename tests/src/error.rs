@@ -124,6 +124,15 @@ pub enum FixtureError {
         detail: String,
     },
 
+    /// A setup command (e.g. `ip netns add`) failed.
+    #[error("`{command}` failed: {output}")]
+    CommandFailed {
+        /// The command line.
+        command: String,
+        /// What it printed on stderr.
+        output: String,
+    },
+
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Client(#[source] reqwest::Error),

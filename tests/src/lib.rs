@@ -7,6 +7,9 @@
 //! - [`tls`]: a throwaway CA and server certificate for TLS tests.
 //! - [`k8s`]: a Kubernetes API server speaking EndpointSlice JSON (list,
 //!   chunked watch, bookmarks, 410 Gone) for the real kube client.
+//! - [`netns`]: two network namespaces joined by a veth pair, for multicast
+//!   (mDNS) tests that never touch the machine's real interfaces.
+//! - [`zeroconf`]: python-zeroconf as a real mDNS responder in a namespace.
 //!
 //! A missing fixture is a test **failure** (an [`FixtureError`] whose message
 //! says to run `cargo xtask setup`), never a skip.
@@ -32,7 +35,9 @@ pub mod dns;
 mod error;
 pub mod k8s;
 pub mod mlx;
+pub mod netns;
 pub mod tls;
+pub mod zeroconf;
 
 pub use error::FixtureError;
 

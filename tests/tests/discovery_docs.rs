@@ -43,9 +43,12 @@ async fn every_documented_configuration_is_valid() {
             }
             // Building a Kubernetes source needs a cluster or a kubeconfig.
             DiscoveryConfig::Kubernetes(k) => assert_eq!(k.namespace, "inference"),
+            // Building an mDNS source would multicast on this machine's
+            // interfaces: only the namespace tests (discovery_mdns.rs) do.
+            DiscoveryConfig::Mdns(m) => assert_eq!(m.service_types.len(), 2),
         }
     }
-    assert_eq!(modes, ["static", "dns", "kubernetes", "kubernetes"]);
+    assert_eq!(modes, ["static", "dns", "kubernetes", "kubernetes", "mdns"]);
 }
 
 #[test]

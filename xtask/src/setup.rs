@@ -4,7 +4,9 @@
 //!   update` runs once first);
 //! - a Python venv with mlx-lm, tokenizers and the OpenAI SDK, pinned in
 //!   `scripts/requirements-mlx.txt`;
-//! - a tiny random-weight model built offline by `scripts/make_tiny_model.py`.
+//! - a tiny random-weight model built offline by `scripts/make_tiny_model.py`;
+//! - a small venv with python-zeroconf (`scripts/requirements-mdns.txt`), a
+//!   real mDNS responder for the interoperability tests.
 //!
 //! The venv and the model live under `~/.cache/mlx-cluster/` (or
 //! `$MLX_CLUSTER_CACHE`), in directories named by a hash of the files that
@@ -47,6 +49,11 @@ const APT_PACKAGES: &[(&str, &str, &str)] = &[
         "chromium",
         "headless browser test of the dashboard",
     ),
+    (
+        "/usr/sbin/ip",
+        "iproute2",
+        "network namespaces and veth pairs for the mDNS tests",
+    ),
 ];
 
 /// What the tests read to find the fixtures.
@@ -54,6 +61,7 @@ const APT_PACKAGES: &[(&str, &str, &str)] = &[
 pub(crate) struct TestEnv {
     venv: PathBuf,
     model: PathBuf,
+    mdns_venv: PathBuf,
 }
 
 impl TestEnv {
@@ -62,6 +70,10 @@ impl TestEnv {
         vec![
             ("MLX_CLUSTER_VENV", self.venv.display().to_string()),
             ("MLX_CLUSTER_TINY_MODEL", self.model.display().to_string()),
+            (
+                "MLX_CLUSTER_MDNS_VENV",
+                self.mdns_venv.display().to_string(),
+            ),
         ]
     }
 }
@@ -73,7 +85,12 @@ pub(crate) fn run() -> Result<TestEnv, String> {
     let cache = cache_dir()?;
     let venv = ensure_venv(&python, &cache)?;
     let model = ensure_tiny_model(&venv, &cache)?;
-    Ok(TestEnv { venv, model })
+    let mdns_venv = ensure_small_venv(&python, &cache, "mdns")?;
+    Ok(TestEnv {
+        venv,
+        model,
+        mdns_venv,
+    })
 }
 
 /// `$MLX_CLUSTER_CACHE`, else `~/.cache/mlx-cluster`.
@@ -158,6 +175,37 @@ fn ensure_venv(python: &str, cache: &Path) -> Result<PathBuf, String> {
     run_step(
         "pip install",
         Command::new(&pip)
+            .args(["install", "--disable-pip-version-check", "-q", "-r"])
+            .arg(&requirements),
+    )?;
+    mark_complete(&venv)?;
+    Ok(venv)
+}
+
+/// A venv of `scripts/requirements-NAME.txt` at `venv-NAME-<key>` (python-zeroconf
+/// for the mDNS tests, ...).
+fn ensure_small_venv(python: &str, cache: &Path, name: &str) -> Result<PathBuf, String> {
+    let requirements = workspace_root().join(format!("scripts/requirements-{name}.txt"));
+    let pins = std::fs::read(&requirements)
+        .map_err(|e| format!("cannot read {}: {e}", requirements.display()))?;
+    let venv = cache.join(format!("venv-{name}-{}", fnv1a(&[&pins])));
+    if venv.join(".complete").exists() {
+        eprintln!("setup: {name} venv ready at {}", venv.display());
+        return Ok(venv);
+    }
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv)
+            .map_err(|e| format!("cannot remove half-built {}: {e}", venv.display()))?;
+    }
+    std::fs::create_dir_all(cache)
+        .map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
+    run_step(
+        &format!("{name} venv"),
+        Command::new(python).arg("-m").arg("venv").arg(&venv),
+    )?;
+    run_step(
+        &format!("pip install {name}"),
+        Command::new(venv.join("bin/pip"))
             .args(["install", "--disable-pip-version-check", "-q", "-r"])
             .arg(&requirements),
     )?;

@@ -31,7 +31,10 @@ pub fn options_from_config(config: &DiscoveryConfig) -> DiscoveryOptions {
 /// - `dns` (feature `dns`): a [`DnsSource`](crate::DnsSource);
 /// - `kubernetes` (feature `k8s`): a
 ///   [`KubernetesSource`](crate::KubernetesSource) with the in-cluster or
-///   kubeconfig client.
+///   kubeconfig client;
+/// - `mdns` (feature `mdns`): an [`MdnsSource`](crate::MdnsSource)
+///   browsing the configured service types (must run inside a tokio
+///   runtime).
 ///
 /// # Errors
 /// [`DiscoveryError::BackendNotCompiled`] when the mode's feature is off;
@@ -43,7 +46,26 @@ pub async fn source_from_config(
         DiscoveryConfig::Static(s) => Ok(Arc::new(StaticSource::new(s.nodes.clone()))),
         DiscoveryConfig::Dns(d) => dns_source(d),
         DiscoveryConfig::Kubernetes(k) => kubernetes_source(k).await,
+        DiscoveryConfig::Mdns(m) => mdns_source(m),
     }
+}
+
+#[cfg(feature = "mdns")]
+fn mdns_source(
+    m: &cluster_types::MdnsDiscovery,
+) -> Result<Arc<dyn DiscoverySource>, DiscoveryError> {
+    let config = crate::MdnsSourceConfig::from_discovery(m);
+    Ok(Arc::new(crate::MdnsSource::new(config)?))
+}
+
+#[cfg(not(feature = "mdns"))]
+fn mdns_source(
+    _: &cluster_types::MdnsDiscovery,
+) -> Result<Arc<dyn DiscoverySource>, DiscoveryError> {
+    Err(DiscoveryError::BackendNotCompiled {
+        backend: "mdns",
+        feature: "mdns",
+    })
 }
 
 #[cfg(feature = "dns")]
@@ -152,6 +174,17 @@ mod tests {
             assert_eq!(err.code(), "backend_not_compiled");
             assert!(err.to_string().contains("`dns`"));
         }
+    }
+
+    #[tokio::test]
+    async fn mdns_config_without_mdns_feature() {
+        if cfg!(feature = "mdns") {
+            return;
+        }
+        let config = DiscoveryConfig::Mdns(cluster_types::MdnsDiscovery::default());
+        let err = source_from_config(&config).await.err().unwrap();
+        assert_eq!(err.code(), "backend_not_compiled");
+        assert!(err.to_string().contains("`mdns`"));
     }
 
     #[tokio::test]

@@ -35,7 +35,7 @@ pub enum DiscoveryError {
         "{backend} discovery is not compiled in: enable the `{feature}` feature of cluster-discovery"
     )]
     BackendNotCompiled {
-        /// `dns` or `kubernetes`.
+        /// `dns`, `kubernetes` or `mdns`.
         backend: &'static str,
         /// The cargo feature that adds it.
         feature: &'static str,
@@ -150,6 +150,19 @@ pub enum DiscoveryError {
         source: BoxError,
     },
 
+    /// The mDNS daemon could not start, a browse of a service type ended, or
+    /// an announcement could not be made or withdrawn. A browsing source
+    /// keeps its last snapshot and restarts the browse with backoff.
+    #[error("mDNS {operation} of {service_type} failed: {message}")]
+    Mdns {
+        /// `daemon`, `browse`, `register` or `unregister`.
+        operation: &'static str,
+        /// The service type (or instance) concerned.
+        service_type: String,
+        /// mdns-sd's error, in words (its errors are plain messages).
+        message: String,
+    },
+
     /// A discovery source outside this crate failed.
     #[error("discovery source {source_name} failed: {message}")]
     Source {
@@ -184,6 +197,7 @@ impl DiscoveryError {
                     "kubernetes_watch"
                 }
             }
+            Self::Mdns { .. } => "mdns",
             Self::Source { .. } => "source",
         }
     }

@@ -6,7 +6,9 @@
 //!   source that can watch also pushes snapshots ([`DiscoverySource::watch`]).
 //! - Backends: [`StaticSource`] (always compiled), `DnsSource` (feature
 //!   `dns`: SRV records through hickory-resolver) and `KubernetesSource`
-//!   (feature `k8s`: EndpointSlices through kube's watcher).
+//!   (feature `k8s`: EndpointSlices through kube's watcher) and
+//!   `MdnsSource` (feature `mdns`: DNS-SD browsing through mdns-sd, with
+//!   `MdnsAnnouncer` to advertise a node that does not advertise itself).
 //! - [`ClusterDiscovery`] runs one source: periodic, never-overlapping
 //!   refreshes, dedupe by id and by URL, validation of new nodes
 //!   ([`NodeValidator`]), and [`DiscoveryEvent`]s as callbacks and as a
@@ -62,6 +64,8 @@ pub mod dns;
 mod error;
 #[cfg(feature = "k8s")]
 pub mod k8s;
+#[cfg(feature = "mdns")]
+pub mod mdns;
 mod node;
 mod source;
 mod validate;
@@ -77,6 +81,8 @@ pub use dns::{DnsSource, DnsSourceConfig, SrvPriorities};
 pub use error::{BoxError, DiscoveryError};
 #[cfg(feature = "k8s")]
 pub use k8s::{KubernetesSource, KubernetesSourceConfig};
+#[cfg(feature = "mdns")]
+pub use mdns::{AnnounceConfig, AnnouncerState, MdnsAnnouncer, MdnsSource, MdnsSourceConfig};
 pub use node::{DiscoveredNode, DiscoverySnapshot, NodeOrigin, ValidatedNode, normalize_base_url};
 #[cfg(any(test, feature = "mock"))]
 pub use source::MockDiscoverySource;

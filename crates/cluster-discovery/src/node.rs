@@ -39,18 +39,31 @@ pub enum NodeOrigin {
         /// the slice names one.
         target: Option<String>,
     },
+    /// One DNS-SD instance found by mDNS browsing.
+    Mdns {
+        /// The service type browsed, e.g. `_mlx-lm._tcp.local.`.
+        service_type: String,
+        /// The instance's full name, e.g. `mac-1._mlx-lm._tcp.local.`.
+        instance: String,
+        /// The host its SRV record names, e.g. `mac-1.local.`.
+        host: String,
+        /// The SRV record's port.
+        port: u16,
+    },
     /// A source outside this crate, by name.
     Other(String),
 }
 
 impl NodeOrigin {
-    /// The backend's short name: `static`, `dns`, `kubernetes` or `other`.
+    /// The backend's short name: `static`, `dns`, `kubernetes`, `mdns` or
+    /// `other`.
     #[must_use]
     pub fn backend(&self) -> &'static str {
         match self {
             Self::Static => "static",
             Self::Dns { .. } => "dns",
             Self::Kubernetes { .. } => "kubernetes",
+            Self::Mdns { .. } => "mdns",
             Self::Other(_) => "other",
         }
     }

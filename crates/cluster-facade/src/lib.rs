@@ -63,6 +63,10 @@ mod snapshot;
 mod strategy;
 
 pub use cache_model::{CacheModel, CacheModelParams};
+/// The mDNS announcer and its node check, for `mlx-cluster announce`
+/// (feature `mdns`).
+#[cfg(feature = "mdns")]
+pub use cluster_discovery::{AnnounceConfig, AnnouncerState, HttpNodeValidator, MdnsAnnouncer};
 pub use config::{load_config, load_config_with_env};
 pub use coordinator::{WARMUP_USER_MESSAGE, warmup_context};
 pub use error::FacadeError;

@@ -1,4 +1,5 @@
-//! The `mlx-cluster` command line: `serve`, `demo`, `check-config`, `status`.
+//! The `mlx-cluster` command line: `serve`, `demo`, `check-config`,
+//! `status`, `announce`.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -51,6 +52,9 @@ pub enum Command {
     /// Print the `gateway.api_keys_file` line of a client key read from
     /// standard input (its SHA-256; the key itself is not printed).
     HashKey(HashKeyArgs),
+    /// Advertise a node running on this machine over mDNS / DNS-SD while
+    /// it answers (for servers that do not advertise themselves).
+    Announce(crate::announce::AnnounceArgs),
 }
 
 /// `mlx-cluster hash-key`.
@@ -102,6 +106,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => block_on(serve(args)),
         Command::Status(args) => block_on(status(args)),
         Command::Demo(args) => block_on(crate::demo::run(args)),
+        Command::Announce(args) => block_on(crate::announce::run(args)),
     }
 }
 
@@ -173,6 +178,9 @@ fn check_config(file: &Path) -> ExitCode {
                 cluster_types::DiscoveryConfig::Dns(d) => format!("DNS SRV {}", d.srv_name),
                 cluster_types::DiscoveryConfig::Kubernetes(k) => {
                     format!("Kubernetes EndpointSlices in namespace {}", k.namespace)
+                }
+                cluster_types::DiscoveryConfig::Mdns(m) => {
+                    format!("mDNS browsing {}", m.service_types.join(", "))
                 }
             };
             println!(

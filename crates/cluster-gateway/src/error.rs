@@ -237,6 +237,12 @@ pub enum GatewayError {
         /// What went wrong.
         message: String,
     },
+    /// `mlx-cluster announce` could not announce the node.
+    #[error("announce: {message}")]
+    Announce {
+        /// What went wrong.
+        message: String,
+    },
     /// A command needed a gateway over HTTP and the request failed.
     #[error("request to {url} failed: {message}")]
     Http {

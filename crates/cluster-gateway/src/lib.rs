@@ -15,7 +15,7 @@
 //!   when configured ([`tls`]);
 //! - [`auth`] checks client keys and their rate limits; [`limits`] caps
 //!   open connections (the header, body and size limits are listed there);
-//! - [`cli`] and [`demo`] are the command line.
+//! - [`cli`], [`announce`] and [`demo`] are the command line.
 //!
 //! Endpoints, CLI and operations are described in `docs/gateway.md`.
 //!
@@ -45,6 +45,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod announce;
 pub mod auth;
 pub mod backend;
 pub mod cli;

@@ -57,6 +57,7 @@ pub use config::{
     LogFormat, RoutingConfig, Scheme, StaticDiscovery, TlsConfig, apply_env_overrides,
     config_reference_markdown, parse_api_keys_file,
 };
+pub use config::{DEFAULT_MDNS_SERVICE_TYPES, MDNS_PORT, MdnsDiscovery};
 pub use fingerprint::{PrefixFingerprint, PrefixFingerprintBuilder, SegmentKind};
 pub use node::{
     ApiKey, ClusterStatus, Node, NodeCacheState, NodeHealth, NodeId, NodeMetrics, NodeSpec,

@@ -9,7 +9,8 @@ use std::time::Duration;
 use cluster_types::config::{ReferenceEntry, config_reference};
 use cluster_types::{
     ApiKey, ClusterConfig, ConfigFormat, DiscoveryConfig, DnsDiscovery, KubernetesDiscovery,
-    LoadBalanceStrategy, LogFormat, NodeSpec, Scheme, StaticDiscovery, config_reference_markdown,
+    LoadBalanceStrategy, LogFormat, MdnsDiscovery, NodeSpec, Scheme, StaticDiscovery,
+    config_reference_markdown,
 };
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -177,6 +178,20 @@ const INVALID: &[(&str, &[&str])] = &[
             "discovery.label_selector",
             "discovery.port_name",
         ],
+    ),
+    (
+        "[discovery]\nmode = \"mdns\"\nservice_types = [\"_mlx-lm._udp.local.\", \"_openai._tcp.local\", \"_openai._tcp.local.\"]\ninterfaces = [\"\"]\nport = 0\nvalidation_timeout = \"0s\"",
+        &[
+            "discovery.service_types[0]",
+            "discovery.service_types[2]",
+            "discovery.interfaces[0]",
+            "discovery.port",
+            "discovery.validation_timeout",
+        ],
+    ),
+    (
+        "[discovery]\nmode = \"mdns\"\nservice_types = []",
+        &["discovery.service_types"],
     ),
     (
         "[health]\ncheck_interval = \"0s\"\ntimeout = \"0s\"\nmax_consecutive_failures = 0\nrecovery_successes = 0\nwindow = \"0s\"\nmax_samples = 0",
@@ -524,6 +539,10 @@ fn full_config(mode: &str) -> ClusterConfig {
             label_selector: Some("app=mlx".into()),
             ..KubernetesDiscovery::default()
         }),
+        "mdns" => DiscoveryConfig::Mdns(MdnsDiscovery {
+            interfaces: vec!["en0".into()],
+            ..MdnsDiscovery::default()
+        }),
         _ => {
             let mut s = StaticDiscovery::default();
             s.nodes[0].api_key = Some(ApiKey::new("k"));
@@ -553,7 +572,7 @@ fn full_config(mode: &str) -> ClusterConfig {
 #[test]
 fn reference_lists_exactly_the_serialized_keys() {
     let reference = config_reference();
-    for mode in ["static", "dns", "kubernetes"] {
+    for mode in ["static", "dns", "kubernetes", "mdns"] {
         let mut serialized = BTreeSet::new();
         leaves(
             &serde_json::to_value(full_config(mode)).unwrap(),
@@ -634,6 +653,7 @@ fn arb_json() -> impl Strategy<Value = Value> {
             Just("static"),
             Just("dns"),
             Just("kubernetes"),
+            Just("mdns"),
             Just("127.0.0.1:80"),
         ]
         .prop_map(|s| Value::String(s.to_owned())),

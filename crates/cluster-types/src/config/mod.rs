@@ -212,7 +212,7 @@ impl Scheme {
 }
 
 /// Where nodes come from (the seeds' `DiscoveryConfig`): a tagged enum on
-/// the key `mode` = `static` | `dns` | `kubernetes`.
+/// the key `mode` = `static` | `dns` | `kubernetes` | `mdns`.
 ///
 /// Default: [`DiscoveryConfig::Static`] with [`StaticDiscovery::default`]
 /// (one node `local` at `http://127.0.0.1:8080`).
@@ -225,6 +225,8 @@ pub enum DiscoveryConfig {
     Dns(DnsDiscovery),
     /// Kubernetes EndpointSlices of a Service (or selected by labels).
     Kubernetes(KubernetesDiscovery),
+    /// mDNS / DNS-SD browsing on the local network.
+    Mdns(MdnsDiscovery),
 }
 
 impl Default for DiscoveryConfig {
@@ -234,13 +236,14 @@ impl Default for DiscoveryConfig {
 }
 
 impl DiscoveryConfig {
-    /// `"static"`, `"dns"` or `"kubernetes"`.
+    /// `"static"`, `"dns"`, `"kubernetes"` or `"mdns"`.
     #[must_use]
     pub const fn mode(&self) -> &'static str {
         match self {
             Self::Static(_) => "static",
             Self::Dns(_) => "dns",
             Self::Kubernetes(_) => "kubernetes",
+            Self::Mdns(_) => "mdns",
         }
     }
 
@@ -251,6 +254,7 @@ impl DiscoveryConfig {
             Self::Static(s) => s.validation_timeout,
             Self::Dns(d) => d.validation_timeout,
             Self::Kubernetes(k) => k.validation_timeout,
+            Self::Mdns(m) => m.validation_timeout,
         }
     }
 }
@@ -361,6 +365,57 @@ impl Default for KubernetesDiscovery {
             service_name: None,
             label_selector: None,
             port_name: "http".to_owned(),
+            scheme: Scheme::Http,
+            validation_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The DNS-SD service types browsed by default: `_mlx-lm._tcp.local.`
+/// (what `mlx-cluster announce` advertises) and `_openai._tcp.local.`.
+pub const DEFAULT_MDNS_SERVICE_TYPES: [&str; 2] = ["_mlx-lm._tcp.local.", "_openai._tcp.local."];
+
+/// The mDNS port (RFC 6762): 5353.
+pub const MDNS_PORT: u16 = 5353;
+
+/// mDNS / DNS-SD discovery: every instance of the browsed service types on
+/// the local network is a node (id = instance name, URL from the resolved
+/// address and port, weight / model / kind / tags from TXT keys; see
+/// `docs/discovery.md`). Instances appear, change and leave as they are
+/// announced, updated and withdrawn (goodbye packets or TTL expiry).
+///
+/// Defaults: `service_types` `["_mlx-lm._tcp.local.", "_openai._tcp.local."]`,
+/// `interfaces` empty (every multicast-capable interface), `port` 5353,
+/// `scheme` http, `validation_timeout` 2s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MdnsDiscovery {
+    /// Service types browsed, each `_name._tcp.local.` (the final dot is
+    /// optional). Default `["_mlx-lm._tcp.local.", "_openai._tcp.local."]`.
+    pub service_types: Vec<String>,
+    /// Network interfaces (by name, e.g. `en0`) to browse on; empty = every
+    /// interface that can multicast. Default empty.
+    pub interfaces: Vec<String>,
+    /// UDP port of mDNS. Default 5353; another port only talks to peers
+    /// configured alike (tests, labs).
+    pub port: u16,
+    /// Scheme of node URLs, unless an instance's TXT `scheme` says
+    /// otherwise. Default `http`.
+    pub scheme: Scheme,
+    /// Timeout of a new node's validation request. Default 2s.
+    #[serde(with = "crate::duration")]
+    pub validation_timeout: Duration,
+}
+
+impl Default for MdnsDiscovery {
+    fn default() -> Self {
+        Self {
+            service_types: DEFAULT_MDNS_SERVICE_TYPES
+                .iter()
+                .map(|t| (*t).to_owned())
+                .collect(),
+            interfaces: Vec::new(),
+            port: MDNS_PORT,
             scheme: Scheme::Http,
             validation_timeout: Duration::from_secs(2),
         }

@@ -7,7 +7,10 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use super::{ClusterConfig, DiscoveryConfig, DnsDiscovery, KubernetesDiscovery, StaticDiscovery};
+use super::{
+    ClusterConfig, DiscoveryConfig, DnsDiscovery, KubernetesDiscovery, MdnsDiscovery,
+    StaticDiscovery,
+};
 use crate::node::NodeSpec;
 
 /// Text format of a config file. No default; see
@@ -488,7 +491,7 @@ fn decode_discovery(
             problems.push(ConfigProblem::new(
                 "discovery.mode",
                 format!(
-                    "expected a string (static, dns or kubernetes), found {}",
+                    "expected a string (static, dns, kubernetes or mdns), found {}",
                     kind(&other)
                 ),
             ));
@@ -547,10 +550,12 @@ fn decode_discovery(
             decode_section::<KubernetesDiscovery>("discovery", Value::Object(map), problems)
                 .map(|k| (DiscoveryConfig::Kubernetes(k), None))
         }
+        "mdns" => decode_section::<MdnsDiscovery>("discovery", Value::Object(map), problems)
+            .map(|m| (DiscoveryConfig::Mdns(m), None)),
         other => {
             problems.push(ConfigProblem::new(
                 "discovery.mode",
-                format!("unknown mode {other:?} (expected static, dns or kubernetes)"),
+                format!("unknown mode {other:?} (expected static, dns, kubernetes or mdns)"),
             ));
             None
         }

@@ -6,14 +6,18 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use super::{ClusterConfig, DiscoveryConfig, DnsDiscovery, KubernetesDiscovery, StaticDiscovery};
+use super::{
+    ClusterConfig, DiscoveryConfig, DnsDiscovery, KubernetesDiscovery, MdnsDiscovery,
+    StaticDiscovery,
+};
 
 /// One documented configuration key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReferenceEntry {
     /// Dotted path; array elements as `[]` (`discovery.nodes[].url`).
     pub path: &'static str,
-    /// Discovery mode the key belongs to (`static`, `dns`, `kubernetes`),
+    /// Discovery mode the key belongs to (`static`, `dns`, `kubernetes`,
+    /// `mdns`),
     /// or none for keys valid in every configuration.
     pub mode: Option<&'static str>,
     /// Value type in words (`duration`, `integer`, `string`, ...).
@@ -37,13 +41,14 @@ type Raw = (
 const S: Option<&str> = Some("static");
 const D: Option<&str> = Some("dns");
 const K: Option<&str> = Some("kubernetes");
+const M: Option<&str> = Some("mdns");
 const REQUIRED: Option<&str> = Some("required");
 
 const ENTRIES: &[Raw] = &[
     (
         "discovery.mode",
         None,
-        "enum: static | dns | kubernetes",
+        "enum: static | dns | kubernetes | mdns",
         "Where nodes come from. Selects which of the keys below apply.",
         None,
     ),
@@ -190,6 +195,41 @@ const ENTRIES: &[Raw] = &[
     (
         "discovery.validation_timeout",
         K,
+        "duration",
+        "Timeout of a new node's `GET /v1/models` validation.",
+        None,
+    ),
+    (
+        "discovery.service_types",
+        M,
+        "array of strings",
+        "DNS-SD service types browsed, each `_name._tcp.local.`. Every instance is a node: id = instance name, URL from its address and port, weight / model / kind / tags from TXT keys (docs/discovery.md).",
+        None,
+    ),
+    (
+        "discovery.interfaces",
+        M,
+        "array of strings",
+        "Network interfaces to browse on, by name (e.g. `en0`); empty = every interface that can multicast.",
+        None,
+    ),
+    (
+        "discovery.port",
+        M,
+        "integer",
+        "UDP port of mDNS. Another port than 5353 only reaches peers configured alike.",
+        None,
+    ),
+    (
+        "discovery.scheme",
+        M,
+        "enum: http | https",
+        "Scheme of node URLs, unless an instance's TXT `scheme` says otherwise.",
+        None,
+    ),
+    (
+        "discovery.validation_timeout",
+        M,
         "duration",
         "Timeout of a new node's `GET /v1/models` validation.",
         None,
@@ -551,6 +591,7 @@ fn defaults_for(mode: Option<&str>) -> Value {
     let discovery = match mode {
         Some("dns") => DiscoveryConfig::Dns(DnsDiscovery::default()),
         Some("kubernetes") => DiscoveryConfig::Kubernetes(KubernetesDiscovery::default()),
+        Some("mdns") => DiscoveryConfig::Mdns(MdnsDiscovery::default()),
         _ => DiscoveryConfig::Static(StaticDiscovery::default()),
     };
     let config = ClusterConfig {
@@ -708,7 +749,7 @@ between path segments; a single `_` stays part of a key name.
 const SECTION_DOCS: &[(&str, &str)] = &[
     (
         "discovery",
-        "Where nodes come from. `mode` selects one of three sources; the keys of the other modes are rejected.",
+        "Where nodes come from. `mode` selects one of four sources; the keys of the other modes are rejected.",
     ),
     (
         "health",

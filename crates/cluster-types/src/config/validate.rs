@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use super::{
     BackoffConfig, CacheConfig, ClusterConfig, ConfigErrors, ConfigProblem, DiscoveryConfig,
-    DnsDiscovery, GatewayConfig, HealthConfig, KubernetesDiscovery, RoutingConfig, StaticDiscovery,
+    DnsDiscovery, GatewayConfig, HealthConfig, KubernetesDiscovery, MdnsDiscovery, RoutingConfig,
+    StaticDiscovery,
 };
 use crate::duration;
 
@@ -89,6 +90,7 @@ fn discovery(p: &mut Problems, d: &DiscoveryConfig, indices: Option<&[usize]>) {
         DiscoveryConfig::Static(s) => static_discovery(p, s, indices),
         DiscoveryConfig::Dns(d) => dns(p, d),
         DiscoveryConfig::Kubernetes(k) => kubernetes(p, k),
+        DiscoveryConfig::Mdns(m) => mdns(p, m),
     }
 }
 
@@ -204,6 +206,65 @@ fn kubernetes(p: &mut Problems, k: &KubernetesDiscovery) {
         p.push("discovery.port_name", "must not be empty");
     }
     p.positive("discovery.validation_timeout", k.validation_timeout);
+}
+
+fn mdns(p: &mut Problems, m: &MdnsDiscovery) {
+    if m.service_types.is_empty() {
+        p.push(
+            "discovery.service_types",
+            "must list at least one service type (e.g. \"_mlx-lm._tcp.local.\")",
+        );
+    }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, ty) in m.service_types.iter().enumerate() {
+        let at = format!("discovery.service_types[{i}]");
+        if let Err(msg) = check_service_type(ty) {
+            p.push(at, msg);
+        } else if let Some(first) = seen.insert(ty.trim_end_matches('.').to_ascii_lowercase(), i) {
+            p.push(
+                at,
+                format!("duplicate service type (also discovery.service_types[{first}])"),
+            );
+        }
+    }
+    for (i, name) in m.interfaces.iter().enumerate() {
+        if name.trim().is_empty() || name.contains(char::is_whitespace) {
+            p.push(
+                format!("discovery.interfaces[{i}]"),
+                format!("must be an interface name such as \"en0\" (got {name:?})"),
+            );
+        }
+    }
+    if m.port == 0 {
+        p.push("discovery.port", "must be a port between 1 and 65535");
+    }
+    p.positive("discovery.validation_timeout", m.validation_timeout);
+}
+
+/// A DNS-SD service type: `_service._tcp.local` with an optional final dot;
+/// the service label is 1-15 characters (RFC 6763 §7.2).
+fn check_service_type(ty: &str) -> Result<(), String> {
+    let example = "(e.g. \"_mlx-lm._tcp.local.\")";
+    let Some(service) = ty.trim_end_matches('.').strip_suffix("._tcp.local") else {
+        return Err(format!(
+            "must end with \"._tcp.local.\" {example}, got {ty:?}"
+        ));
+    };
+    let Some(name) = service.strip_prefix('_') else {
+        return Err(format!("must start with '_' {example}, got {ty:?}"));
+    };
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "the service name must be 1-15 letters, digits or '-' {example}, got {ty:?}"
+        ))
+    }
 }
 
 fn health(p: &mut Problems, h: &HealthConfig) {
@@ -514,6 +575,16 @@ mod tests {
             check_base_url("http://X:80").unwrap(),
             check_base_url("http://x").unwrap()
         );
+    }
+
+    #[test]
+    fn service_types() {
+        assert!(check_service_type("_mlx-lm._tcp.local.").is_ok());
+        assert!(check_service_type("_openai._tcp.local").is_ok());
+        assert!(check_service_type("_mlx-lm._udp.local.").is_err());
+        assert!(check_service_type("mlx-lm._tcp.local.").is_err());
+        assert!(check_service_type("_._tcp.local.").is_err());
+        assert!(check_service_type("_a-very-long-service-name._tcp.local.").is_err());
     }
 
     #[test]
