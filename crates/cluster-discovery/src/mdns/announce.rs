@@ -49,8 +49,8 @@ pub struct AnnounceConfig {
     pub instance_name: String,
     /// Service type. Default `_mlx-lm._tcp.local.`.
     pub service_type: String,
-    /// TXT keys (see the [module docs](super) for the ones the gateway
-    /// reads). Default none.
+    /// TXT keys (see [`MdnsSource`](crate::MdnsSource) for the ones the
+    /// gateway reads). Default none.
     pub txt: BTreeMap<String, String>,
     /// Host name of the SRV record, e.g. `mac-studio.local.`; its A/AAAA
     /// records carry the addresses of the announcing interfaces. Default:
@@ -198,8 +198,17 @@ pub enum AnnouncerState {
     Stopped,
 }
 
-/// Announces one node over mDNS while it answers. See the
-/// [module docs](self).
+/// Announces one node over mDNS while it answers (what `mlx-cluster
+/// announce` runs).
+///
+/// The node is checked first (`GET /v1/models` on
+/// [`AnnounceConfig::check_url`], by default `http://127.0.0.1:PORT`) and
+/// announced only once it answers; the check goes on every
+/// `check_interval`, and after `failures_to_withdraw` consecutive failures
+/// the announcement is withdrawn with goodbye packets (TTL 0), to be made
+/// again when the node answers. Stopping the announcer withdraws it too.
+/// The TXT record gets `model` = the first model the node lists, unless
+/// one is given.
 pub struct MdnsAnnouncer {
     config: AnnounceConfig,
     validator: Arc<dyn NodeValidator>,
