@@ -1,6 +1,7 @@
 //! What `select` hands out: the decision, where to send the request, and
 //! the guard that reports how it went.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use crate::router::RouterShared;
 use crate::strategy::f;
 
 /// Where to send a request: the chosen node's id, base URL (no trailing
-/// slash, no `/v1`) and API key.
+/// slash, no `/v1`), API key and tags.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeTarget {
     /// The node.
@@ -23,6 +24,9 @@ pub struct NodeTarget {
     pub base_url: String,
     /// Bearer token for the node, if it needs one.
     pub api_key: Option<ApiKey>,
+    /// The node's tags (`NodeSpec::tags`; the gateway reads `api` and
+    /// `max_output_tokens`, see `cluster_types::NodeApi`).
+    pub tags: BTreeMap<String, String>,
 }
 
 /// The answer of `select`: the decision, the target, and the guard that

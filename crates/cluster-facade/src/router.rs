@@ -368,6 +368,7 @@ impl Router {
             node_id: node.entry.spec.id.clone(),
             base_url: node.entry.spec.url.clone(),
             api_key: node.entry.spec.api_key.clone(),
+            tags: node.entry.spec.tags.clone(),
         };
         let guard = RequestGuard {
             shared: Arc::clone(shared),

@@ -1,5 +1,6 @@
 //! [`Gateway`]: the shared state of every handler, and its HTTP router.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use crate::error::GatewayError;
 use crate::limits::ConnectionLimiter;
 use crate::metrics::GatewayMetrics;
 use crate::upstream::{UpstreamClient, UpstreamSettings};
-use crate::{ops, proxy};
+use crate::{anthropic, ops, proxy};
 
 /// What the request path needs from the configuration, resolved once.
 ///
@@ -24,7 +25,9 @@ use crate::{ops, proxy};
 /// 2 retries 100 ms apart, idle timeout 60 s, no overall request timeout,
 /// connect timeout 2 s, first byte timeout 300 s, shutdown grace 30 s, no
 /// admin token, no client keys, no TLS, header-read timeout 30 s, body-read
-/// timeout 60 s, 8192 connections, request heads up to 64 KiB.
+/// timeout 60 s, 8192 connections, request heads up to 64 KiB; for
+/// `/v1/messages`: at most 8192 output tokens, default model
+/// `default_model`, no model aliases.
 #[derive(Debug, Clone)]
 pub struct GatewaySettings {
     /// Largest request body accepted (`gateway.max_body_bytes`).
@@ -65,6 +68,14 @@ pub struct GatewaySettings {
     pub max_connections: usize,
     /// Largest request head, bytes (`gateway.max_header_bytes`).
     pub max_header_bytes: usize,
+    /// Cap of `max_tokens` of Messages requests (`gateway.max_output_tokens`;
+    /// 0 = none).
+    pub max_output_tokens: u32,
+    /// Model for Messages requests naming a model no alias matches and no
+    /// node lists (`gateway.default_model`).
+    pub default_model: String,
+    /// Model aliases of Messages requests (`gateway.model_aliases`).
+    pub model_aliases: BTreeMap<String, String>,
 }
 
 impl GatewaySettings {
@@ -108,6 +119,9 @@ impl GatewaySettings {
             body_read_timeout: g.body_read_timeout,
             max_connections: usize::try_from(g.max_connections).unwrap_or(usize::MAX),
             max_header_bytes: usize::try_from(g.max_header_bytes).unwrap_or(usize::MAX),
+            max_output_tokens: g.max_output_tokens,
+            default_model: g.default_model.clone(),
+            model_aliases: g.model_aliases.clone(),
         }
     }
 }
@@ -156,7 +170,8 @@ impl Gateway {
     ///
     /// | route | what |
     /// |---|---|
-    /// | `POST /v1/chat/completions`, `/v1/completions`, `/v1/messages` | proxied |
+    /// | `POST /v1/chat/completions`, `/v1/completions` | proxied |
+    /// | `POST /v1/messages`, `/v1/messages/count_tokens` | Anthropic Messages API, translated for OpenAI-only nodes ([`crate::anthropic`]) |
     /// | `GET /v1/models` | union of the nodes' models |
     /// | `GET /v1/cluster/status` | the cluster state (JSON) |
     /// | `GET /metrics` | Prometheus text |
@@ -167,7 +182,8 @@ impl Gateway {
         Router::new()
             .route("/v1/chat/completions", post(proxy::chat_completions))
             .route("/v1/completions", post(proxy::completions))
-            .route("/v1/messages", post(proxy::messages))
+            .route("/v1/messages", post(anthropic::messages))
+            .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
             .route("/v1/models", get(ops::models))
             .route("/v1/cluster/status", get(ops::status))
             .route("/metrics", get(ops::metrics))

@@ -10,6 +10,8 @@
 //! - [`relay`] streams the answer back frame by frame, sniffing time to
 //!   first token and usage ([`sniff`]), and ends a broken stream with an SSE
 //!   error event;
+//! - [`anthropic`] serves the Anthropic Messages API (Claude Code),
+//!   translated to chat completions for nodes that speak only OpenAI;
 //! - [`ops`] serves status, models, metrics, health, admin and the
 //!   dashboard; [`server`] serves it all with graceful shutdown, over TLS
 //!   when configured ([`tls`]);
@@ -46,8 +48,10 @@
 #![forbid(unsafe_code)]
 
 pub mod announce;
+pub mod anthropic;
 pub mod auth;
 pub mod backend;
+mod canonical;
 pub mod cli;
 pub mod demo;
 pub mod error;

@@ -29,7 +29,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use cluster_facade::{FacadeError, FailureKind, RequestGuard, RequestOutcome};
+use cluster_facade::{FacadeError, FailureKind, NodeTarget, RequestGuard, RequestOutcome};
 use cluster_types::{NodeId, RoutingContext};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
@@ -57,11 +57,6 @@ pub async fn chat_completions(State(gw): State<Arc<Gateway>>, req: Request) -> R
 /// `POST /v1/completions`.
 pub async fn completions(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     handle(&gw, ApiKind::Completions, req).await
-}
-
-/// `POST /v1/messages`.
-pub async fn messages(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    handle(&gw, ApiKind::Messages, req).await
 }
 
 async fn handle(gw: &Arc<Gateway>, api: ApiKind, req: Request) -> Response {
@@ -94,11 +89,18 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
     }
 }
 
+/// The overall deadline of a request received now (`gateway.request_timeout`),
+/// with the timeout itself for messages.
+#[must_use]
+pub fn request_deadline(gw: &Gateway) -> Option<(tokio::time::Instant, Duration)> {
+    gw.settings()
+        .request_timeout
+        .map(|t| (tokio::time::Instant::now() + t, t))
+}
+
 async fn proxy(gw: &Arc<Gateway>, api: ApiKind, req: Request) -> Result<Response, ApiError> {
     let settings = gw.settings();
-    let deadline = settings
-        .request_timeout
-        .map(|t| (tokio::time::Instant::now() + t, t));
+    let deadline = request_deadline(gw);
     let (parts, body) = req.into_parts();
     let body = tokio::time::timeout(
         settings.body_read_timeout,
@@ -129,30 +131,101 @@ async fn proxy(gw: &Arc<Gateway>, api: ApiKind, req: Request) -> Result<Response
             parsed.stream,
         )
     };
-    forward(gw, api, &parts.headers, body, ctx, stream, deadline).await
+    let mut plan = SameForEveryNode {
+        path: api.path(),
+        headers: &parts.headers,
+        body,
+    };
+    forward(gw, &mut plan, ctx, stream, deadline)
+        .await
+        .map(|f| f.response)
+}
+
+/// What one attempt sends to the node `select` chose.
+#[derive(Debug)]
+pub struct Attempt<'p, M> {
+    /// Path (and query) on the node, e.g. `/v1/chat/completions`.
+    pub path: &'p str,
+    /// The client's headers; the upstream client forwards the end-to-end
+    /// ones (never credentials).
+    pub headers: &'p HeaderMap,
+    /// The body.
+    pub body: Bytes,
+    /// Whatever the caller needs to know about this attempt when the
+    /// node's answer comes back (e.g. whether the request was translated).
+    pub mode: M,
+}
+
+/// Decides, for each attempt, what to send to the chosen node. The OpenAI
+/// endpoints send the client's request unchanged; `/v1/messages` translates
+/// it or not depending on the node (see [`crate::anthropic`]).
+pub trait AttemptPlan {
+    /// Returned with the answer of the node it was sent to.
+    type Mode: Copy;
+    /// What to send to `target`.
+    fn attempt(&mut self, target: &NodeTarget) -> Attempt<'_, Self::Mode>;
+}
+
+/// The client's request, unchanged, to whichever node is chosen.
+#[derive(Debug)]
+pub struct SameForEveryNode<'p> {
+    /// Path on the node.
+    pub path: &'p str,
+    /// The client's headers.
+    pub headers: &'p HeaderMap,
+    /// The client's body.
+    pub body: Bytes,
+}
+
+impl AttemptPlan for SameForEveryNode<'_> {
+    type Mode = ();
+    fn attempt(&mut self, _target: &NodeTarget) -> Attempt<'_, ()> {
+        Attempt {
+            path: self.path,
+            headers: self.headers,
+            body: self.body.clone(),
+            mode: (),
+        }
+    }
+}
+
+/// A node's answer, relayed ([`forward`]): the response for the client and
+/// the mode of the attempt that produced it.
+#[derive(Debug)]
+pub struct Forwarded<M> {
+    /// The node's response, relayed (body streaming).
+    pub response: Response,
+    /// The [`Attempt::mode`] of the node whose answer this is.
+    pub mode: M,
 }
 
 /// The failure kept from the previous attempt, used when no attempt
 /// succeeds.
-enum LastFailure {
+enum LastFailure<M> {
     /// A node answered with a retryable status: passed through as is.
-    Answer(NodeId, Response<Incoming>),
+    Answer(NodeId, Response<Incoming>, M),
     /// No answer: turned into an [`ApiError`].
     Error(ApiError),
 }
 
-async fn forward(
+/// Routes a request and forwards it, retrying on the next-best node before
+/// the first byte (see the module docs); `plan` says what each attempt
+/// sends. `stream` is only logged.
+///
+/// # Errors
+/// The gateway's own errors when no node answer is relayed: 503 when no
+/// node is routable, 502/504 when no node answered, 500 on an internal
+/// failure.
+pub async fn forward<P: AttemptPlan>(
     gw: &Arc<Gateway>,
-    api: ApiKind,
-    headers: &HeaderMap,
-    body: Bytes,
+    plan: &mut P,
     mut ctx: RoutingContext,
     stream: bool,
     deadline: Option<(tokio::time::Instant, Duration)>,
-) -> Result<Response, ApiError> {
+) -> Result<Forwarded<P::Mode>, ApiError> {
     let settings = gw.settings();
     let attempts = settings.max_retries.saturating_add(1);
-    let mut last: Option<LastFailure> = None;
+    let mut last: Option<LastFailure<P::Mode>> = None;
     for attempt in 0..attempts {
         if attempt > 0 {
             tokio::time::sleep(settings.retry_delay).await;
@@ -163,22 +236,28 @@ async fn forward(
                 if last.is_none() {
                     gw.metrics().no_routable_node();
                 }
-                return Ok(match last {
+                return match last {
                     Some(last) => last_failure_response(last, attempt),
-                    None => no_routable_node(model.as_deref(), &nodes).into_response(),
-                });
+                    None => Err(no_routable_node(model.as_deref(), &nodes)),
+                };
             }
             Err(other) => return Err(ApiError::internal(other.to_string())),
         };
         let node_id = selection.target.node_id.clone();
         let guard = selection.guard;
         ctx.excluded.push(node_id.clone());
+        let Attempt {
+            path,
+            headers,
+            body,
+            mode,
+        } = plan.attempt(&selection.target);
         let request = UpstreamRequest {
             base_url: &selection.target.base_url,
-            path: api.path(),
+            path,
             api_key: selection.target.api_key.as_ref().map(|k| k.expose()),
             client_headers: headers,
-            body: body.clone(),
+            body,
         };
         let sent = match deadline {
             None => gw.upstream().post(request).await,
@@ -207,7 +286,10 @@ async fn forward(
                 let retryable = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
                 if !retryable {
                     tracing::debug!(node = %node_id, %status, stream, attempt, "forwarded");
-                    return Ok(relay(gw, response, node_id, attempt + 1, guard, deadline));
+                    return Ok(Forwarded {
+                        response: relay(gw, response, node_id, attempt + 1, guard, deadline),
+                        mode,
+                    });
                 }
                 let overloaded = matches!(
                     status,
@@ -227,7 +309,7 @@ async fn forward(
                     gw.metrics().retry(RetryCause::ServerError);
                 }
                 tracing::warn!(node = %node_id, %status, attempt, "node answered {status}; trying another node");
-                last = Some(LastFailure::Answer(node_id, response));
+                last = Some(LastFailure::Answer(node_id, response, mode));
             }
             Err(error) => {
                 let (kind, cause) = match &error {
@@ -242,10 +324,10 @@ async fn forward(
             }
         }
     }
-    Ok(match last {
+    match last {
         Some(last) => last_failure_response(last, attempts),
-        None => ApiError::internal("no attempt was made").into_response(),
-    })
+        None => Err(ApiError::internal("no attempt was made")),
+    }
 }
 
 fn upstream_error(node: &NodeId, error: &UpstreamError) -> ApiError {
@@ -284,22 +366,22 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-fn last_failure_response(last: LastFailure, attempts: u32) -> Response {
+fn last_failure_response<M>(last: LastFailure<M>, attempts: u32) -> Result<Forwarded<M>, ApiError> {
     match last {
-        LastFailure::Answer(node, response) => {
+        LastFailure::Answer(node, response, mode) => {
             let mut response = relay_parts(response, &node, |incoming, mode, node| {
                 RelayBody::new(incoming, mode, Duration::from_secs(60), node, NoSink)
             });
             response
                 .headers_mut()
                 .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
-            response
+            Ok(Forwarded { response, mode })
         }
         LastFailure::Error(mut error) => {
             if attempts > 1 {
                 error.message = format!("{} (after {attempts} attempts)", error.message);
             }
-            error.into_response()
+            Err(error)
         }
     }
 }

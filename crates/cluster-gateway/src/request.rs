@@ -18,9 +18,13 @@
 //!   block on every turn, and a marker must not change the prefix.
 //! - OpenAI chat's system prompt is its leading `system`/`developer`
 //!   messages; Anthropic's is the `system` field.
-//! - An assistant message's `tool_calls` follow its content, as JSON.
-//! - Tools are fed as the client's raw JSON (clients re-send identical
-//!   bytes).
+//! - An assistant message's `tool_calls` follow its content, one piece per
+//!   call: id, name and arguments (whitespace between JSON tokens removed).
+//! - Tools: one segment per tool: name, description and schema, in either
+//!   API's shape, members in any order, whitespace between JSON tokens
+//!   removed; so an Anthropic Messages request, translated,
+//!   and the same conversation sent as chat completions have the same
+//!   canonical prompt.
 //! - `/v1/completions`: the prompt (a string, or the JSON of an array).
 //!
 //! An agent that re-sends its conversation with a new turn appended
@@ -157,8 +161,8 @@ pub struct ParsedRequest<'a> {
     pub session: Option<Cow<'a, str>>,
     /// The system prompt's text pieces, in order (empty when none).
     pub system: Vec<Cow<'a, str>>,
-    /// The tool definitions, raw.
-    pub tools: Option<&'a RawValue>,
+    /// The tool definitions, one canonical text each (see the module docs).
+    pub tools: Vec<Cow<'a, str>>,
     /// The remaining messages in order.
     pub messages: Vec<PromptMessage<'a>>,
 }
@@ -292,7 +296,7 @@ impl<'a> ParsedRequest<'a> {
                         content_parts(api, raw, &mut parts)?;
                     }
                     if let Some(calls) = m.tool_calls {
-                        parts.push(Cow::Borrowed(calls.get()));
+                        parts.extend(crate::canonical::tool_calls(calls));
                     }
                     messages.push(PromptMessage { role, parts });
                 }
@@ -330,7 +334,7 @@ impl<'a> ParsedRequest<'a> {
                 .unwrap_or(false),
             session,
             system,
-            tools: wire.tools,
+            tools: wire.tools.map(crate::canonical::tools).unwrap_or_default(),
             messages,
         })
     }
@@ -339,7 +343,7 @@ impl<'a> ParsedRequest<'a> {
     pub fn segments(&self) -> impl Iterator<Item = (SegmentKind<'_>, &str)> + '_ {
         let model = self.model.as_deref().map(|m| (SegmentKind::Model, m));
         let system = self.system.iter().map(|s| (SegmentKind::System, &**s));
-        let tools = self.tools.map(|t| (SegmentKind::Tools, t.get()));
+        let tools = self.tools.iter().map(|t| (SegmentKind::Tools, &**t));
         let messages = self.messages.iter().flat_map(|m| {
             let role = SegmentKind::Message { role: &m.role };
             m.parts.iter().map(move |p| (role, &**p))
@@ -372,10 +376,17 @@ impl<'a> ParsedRequest<'a> {
         )
     }
 
-    /// Stable hash of the raw tool list (`None` without tools).
+    /// Stable hash of the canonical tool list (`None` without tools).
     #[must_use]
     pub fn tools_hash(&self) -> Option<u64> {
-        self.tools.map(|t| xxh64(t.get().as_bytes(), 0))
+        if self.tools.is_empty() {
+            return None;
+        }
+        Some(
+            self.tools
+                .iter()
+                .fold(0, |seed, tool| xxh64(tool.as_bytes(), seed)),
+        )
     }
 
     /// The router's view of this request: model, session, fingerprint,
@@ -442,9 +453,9 @@ mod tests {
                 "model:m",
                 "system:S\nline",
                 "system:D",
-                r#"tools:[{"type":"function"}]"#,
+                r#"tools:{"type":"function"}"#,
                 "user:hi",
-                r#"assistant:[{"id":"1"}]"#,
+                "assistant:1\n\n",
                 "system:late",
             ]
         );

@@ -48,6 +48,7 @@ pub mod config;
 pub mod duration;
 pub mod fingerprint;
 mod node;
+mod node_tags;
 mod routing;
 mod state;
 
@@ -63,5 +64,6 @@ pub use node::{
     ApiKey, ClusterStatus, Node, NodeCacheState, NodeHealth, NodeId, NodeMetrics, NodeSpec,
     NodeStatus, UnknownVariant,
 };
+pub use node_tags::{API_TAG, MAX_OUTPUT_TOKENS_TAG, NodeApi, max_output_tokens_tag};
 pub use routing::{LoadBalanceStrategy, RoutingContext, RoutingDecision, RoutingReason};
 pub use state::{ClusterMetrics, ClusterState};

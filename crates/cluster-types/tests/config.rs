@@ -262,6 +262,21 @@ const INVALID: &[(&str, &[&str])] = &[
     ),
     ("health = 3", &["health"]),
     ("discovery = []", &["discovery"]),
+    (
+        "[discovery]\nnodes = [{ id = \"a\", url = \"http://a:1\", tags = { api = \"claude\", max_output_tokens = \"-1\" } }]",
+        &[
+            "discovery.nodes[0].tags.api",
+            "discovery.nodes[0].tags.max_output_tokens",
+        ],
+    ),
+    (
+        "[gateway]\ndefault_model = \" \"\n[gateway.model_aliases]\n\"claude-*-x\" = \"m\"\n\"c\" = \"\"",
+        &[
+            "gateway.default_model",
+            "gateway.model_aliases.\"c\"",
+            "gateway.model_aliases.\"claude-*-x\"",
+        ],
+    ),
 ];
 
 #[test]

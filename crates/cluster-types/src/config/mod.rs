@@ -16,6 +16,7 @@ mod parse;
 mod reference;
 mod validate;
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -480,7 +481,9 @@ pub enum LogFormat {
 /// none, `max_body_bytes` 32 MiB, `shutdown_grace` 30s, `log_format` human,
 /// no client keys (`api_keys` empty, `api_keys_file` none: the proxy is
 /// open), no TLS, `header_read_timeout` 30s, `body_read_timeout` 60s,
-/// `max_connections` 8192, `max_header_bytes` 64 KiB.
+/// `max_connections` 8192, `max_header_bytes` 64 KiB,
+/// `max_output_tokens` 8192, `default_model` `default_model`,
+/// `model_aliases` empty.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
@@ -542,6 +545,20 @@ pub struct GatewayConfig {
     /// Largest request head (request line and headers), bytes; beyond it
     /// 431. At least 8192. Default 65536.
     pub max_header_bytes: u32,
+    /// Largest `max_tokens` an Anthropic Messages request (`/v1/messages`)
+    /// may ask of a node; larger requests are capped to it (Claude Code asks
+    /// for 64k–128k tokens, minutes of decoding on a Mac). A node's
+    /// `max_output_tokens` tag overrides it; 0 = no cap. Default 8192.
+    pub max_output_tokens: u32,
+    /// Model sent to the nodes for a Messages request whose model matches
+    /// no `model_aliases` entry and is listed by no node (Claude Code sends
+    /// `claude-…` names). Default `default_model` (mlx_lm.server's name for
+    /// the model it loaded; any node takes it).
+    pub default_model: String,
+    /// Model names of Messages requests rewritten before routing: exact
+    /// names, or a prefix ending in `*` (`"claude-*" = "qwen3-coder"`). The
+    /// exact name wins, then the longest prefix. Default empty.
+    pub model_aliases: BTreeMap<String, String>,
 }
 
 impl Default for GatewayConfig {
@@ -563,6 +580,9 @@ impl Default for GatewayConfig {
             body_read_timeout: Duration::from_secs(60),
             max_connections: 8192,
             max_header_bytes: 64 * 1024,
+            max_output_tokens: 8192,
+            default_model: "default_model".to_owned(),
+            model_aliases: BTreeMap::new(),
         }
     }
 }

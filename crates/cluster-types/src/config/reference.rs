@@ -84,7 +84,7 @@ const ENTRIES: &[Raw] = &[
         "discovery.nodes[].tags",
         S,
         "table of strings",
-        "Free-form labels, e.g. `{ rack = \"a\" }`.",
+        "Free-form labels, e.g. `{ rack = \"a\" }`. The gateway reads two: `api` (`openai`: `/v1/messages` is translated to chat completions for this node; `anthropic`: the node serves `/v1/messages` itself, passed through; default `openai`) and `max_output_tokens` (cap of `max_tokens` of Messages requests for this node, overriding `gateway.max_output_tokens`; 0 = no cap).",
         None,
     ),
     (
@@ -582,6 +582,27 @@ const ENTRIES: &[Raw] = &[
         None,
         "integer",
         "Largest request head (request line and headers) in bytes, at least 8192; beyond it 431.",
+        None,
+    ),
+    (
+        "gateway.max_output_tokens",
+        None,
+        "integer",
+        "Largest `max_tokens` an Anthropic Messages request (`/v1/messages`) may ask of a node; larger requests are capped (Claude Code asks for 64k–128k tokens: minutes of decoding on a Mac). A node's `max_output_tokens` tag overrides it; 0 = no cap.",
+        None,
+    ),
+    (
+        "gateway.default_model",
+        None,
+        "string",
+        "Model sent to the nodes for a Messages request whose model matches no `model_aliases` entry and is listed by no node (Claude Code sends `claude-…` names). The default is mlx_lm.server's name for the model it loaded.",
+        None,
+    ),
+    (
+        "gateway.model_aliases",
+        None,
+        "table of strings",
+        "Model names of Messages requests rewritten before routing: an exact name or a prefix ending in `*`, e.g. `{ \"claude-*\" = \"qwen3-coder\" }`. The exact name wins, then the longest prefix.",
         None,
     ),
 ];

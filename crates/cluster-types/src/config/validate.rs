@@ -141,6 +141,7 @@ fn static_discovery(p: &mut Problems, s: &StaticDiscovery, indices: Option<&[usi
         {
             p.push(at("api_key"), "must not be empty (omit it instead)");
         }
+        node_tags(p, node, at);
     }
     p.positive("discovery.refresh_interval", s.refresh_interval);
     p.positive("discovery.validation_timeout", s.validation_timeout);
@@ -416,6 +417,35 @@ fn gateway(p: &mut Problems, g: &GatewayConfig) {
     p.positive("gateway.body_read_timeout", g.body_read_timeout);
     p.at_least("gateway.max_connections", g.max_connections, 1);
     p.at_least("gateway.max_header_bytes", g.max_header_bytes, 8192);
+    if g.default_model.trim().is_empty() {
+        p.push("gateway.default_model", "must not be empty");
+    }
+    for (name, target) in &g.model_aliases {
+        let at = format!("gateway.model_aliases.{name:?}");
+        let pattern = name.strip_suffix('*').unwrap_or(name);
+        if pattern.contains('*') {
+            p.push(&at, "`*` may only end a name (a prefix pattern)");
+        }
+        if target.trim().is_empty() {
+            p.push(&at, "must name a model");
+        }
+    }
+}
+
+/// The tags the gateway reads (see `crate::node_tags`).
+fn node_tags(p: &mut Problems, node: &crate::node::NodeSpec, at: impl Fn(&str) -> String) {
+    if let Err(e) = node.api() {
+        p.push(
+            at(&format!("tags.{}", crate::node_tags::API_TAG)),
+            e.to_string(),
+        );
+    }
+    if let Err(e) = node.max_output_tokens() {
+        p.push(
+            at(&format!("tags.{}", crate::node_tags::MAX_OUTPUT_TOKENS_TAG)),
+            e,
+        );
+    }
 }
 
 /// Checks a node base URL and returns a normalized form for duplicate
