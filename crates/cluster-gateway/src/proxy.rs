@@ -98,13 +98,21 @@ pub fn request_deadline(gw: &Gateway) -> Option<(tokio::time::Instant, Duration)
         .map(|t| (tokio::time::Instant::now() + t, t))
 }
 
-async fn proxy(gw: &Arc<Gateway>, api: ApiKind, req: Request) -> Result<Response, ApiError> {
+/// Reads a proxied request's body: at most `gateway.max_body_bytes` (413),
+/// within `gateway.body_read_timeout` (408), JSON nested at most
+/// [`crate::limits::MAX_JSON_DEPTH`] levels (400).
+///
+/// # Errors
+/// Those client errors, in the OpenAI shape.
+pub async fn read_request_body(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, ApiError> {
     let settings = gw.settings();
-    let deadline = request_deadline(gw);
-    let (parts, body) = req.into_parts();
     let body = tokio::time::timeout(
         settings.body_read_timeout,
-        read_body(&parts.headers, body, settings.max_body_bytes),
+        read_body(headers, body, settings.max_body_bytes),
     )
     .await
     .map_err(|_| {
@@ -124,6 +132,14 @@ async fn proxy(gw: &Arc<Gateway>, api: ApiKind, req: Request) -> Result<Response
             crate::limits::MAX_JSON_DEPTH
         )));
     }
+    Ok(body)
+}
+
+async fn proxy(gw: &Arc<Gateway>, api: ApiKind, req: Request) -> Result<Response, ApiError> {
+    let settings = gw.settings();
+    let deadline = request_deadline(gw);
+    let (parts, body) = req.into_parts();
+    let body = read_request_body(gw, &parts.headers, body).await?;
     let (ctx, stream) = {
         let parsed = ParsedRequest::parse(api, &parts.headers, &settings.session_header, &body)?;
         (

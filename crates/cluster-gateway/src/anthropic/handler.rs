@@ -23,7 +23,7 @@ use super::response::{ReplyMeta, translate_response};
 use super::types::MessagesRequest;
 use crate::gateway::Gateway;
 use crate::proxy::{
-    ATTEMPTS_HEADER, Attempt, AttemptPlan, Forwarded, NODE_HEADER, forward, read_body,
+    ATTEMPTS_HEADER, Attempt, AttemptPlan, Forwarded, NODE_HEADER, forward, read_request_body,
     request_deadline,
 };
 use crate::request::{ANY_MODEL, ApiKind, ParsedRequest};
@@ -197,7 +197,7 @@ async fn handle_messages(gw: &Arc<Gateway>, req: Request) -> Result<Response, An
     let settings = gw.settings();
     let deadline = request_deadline(gw);
     let (parts, body) = req.into_parts();
-    let body = read_body(&parts.headers, body, settings.max_body_bytes).await?;
+    let body = read_request_body(gw, &parts.headers, body).await?;
     let (request, model) = prepare(gw, &body, Endpoint::Messages)?;
     let global_cap = settings.max_output_tokens;
     let translated = Bytes::from(
@@ -299,9 +299,8 @@ async fn translate_answer(forwarded: Forwarded<Mode>, meta: ReplyMeta) -> Respon
 }
 
 async fn handle_count_tokens(gw: &Arc<Gateway>, req: Request) -> Result<Response, AnthropicError> {
-    let settings = gw.settings();
     let (parts, body) = req.into_parts();
-    let body = read_body(&parts.headers, body, settings.max_body_bytes).await?;
+    let body = read_request_body(gw, &parts.headers, body).await?;
     let (request, model) = prepare(gw, &body, Endpoint::CountTokens)?;
     let translated = request.to_chat_completions(&model, None);
     let ctx = routing_context(gw, &parts.headers, &request, &translated)?;
