@@ -117,6 +117,8 @@ impl NodeCountersSnapshot {
             latency_p99_ms: self.latency.p99.map(millis),
             avg_ttft_ms: self.time_to_first_token.mean.map(millis),
             last_request_unix_ms: None,
+            cache_predictions_total: self.cache_prediction.count,
+            cache_prediction_within_block: self.cache_prediction.within_one_block_ratio(),
         }
     }
 }

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::ewma::{PeakEwma, SharedPeakEwma};
 use crate::histogram::{HistogramSummary, LatencyHistogram};
+use crate::prediction::{PredictionHistogram, PredictionSnapshot};
 use crate::{SharedClock, system_clock};
 
 /// How a request ended.
@@ -204,6 +205,7 @@ pub struct NodeCounters {
     ttft: LatencyHistogram,
     latency: LatencyHistogram,
     ttft_estimate: SharedPeakEwma,
+    cache_prediction: PredictionHistogram,
 }
 
 /// A point-in-time copy of a [`NodeCounters`]. Plain data.
@@ -237,6 +239,9 @@ pub struct NodeCountersSnapshot {
     /// The peak-EWMA time-to-first-token estimate at the snapshot instant
     /// (decayed toward zero by idle time; see [`PeakEwma`]).
     pub latency_estimate: Duration,
+    /// How far the router's predicted cached tokens were from the node's
+    /// reports, in fingerprint blocks.
+    pub cache_prediction: PredictionSnapshot,
 }
 
 impl NodeCountersSnapshot {
@@ -312,6 +317,7 @@ impl NodeCounters {
             ttft: LatencyHistogram::new(),
             latency: LatencyHistogram::new(),
             ttft_estimate: SharedPeakEwma::new(estimator),
+            cache_prediction: PredictionHistogram::default(),
         }
     }
 
@@ -356,6 +362,12 @@ impl NodeCounters {
         self.ttft_estimate.cost(self.clock.now(), pending)
     }
 
+    /// Records how far the router's predicted cached tokens were from the
+    /// node's report, in fingerprint blocks.
+    pub fn observe_cache_prediction(&self, error_blocks: f64) {
+        self.cache_prediction.observe(error_blocks);
+    }
+
     /// The time-to-first-token histogram.
     #[must_use]
     pub fn ttft_histogram(&self) -> &LatencyHistogram {
@@ -391,6 +403,7 @@ impl NodeCounters {
             time_to_first_token: self.ttft.summary(),
             latency: self.latency.summary(),
             latency_estimate: self.ttft_estimate.peek(self.clock.now()),
+            cache_prediction: self.cache_prediction.snapshot(),
         }
     }
 

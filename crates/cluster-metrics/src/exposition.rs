@@ -31,8 +31,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::{
-    MetricsError, NodeCounters, NodeCountersSnapshot, SharedClock, aggregate_cluster_metrics,
-    system_clock,
+    MetricsError, NodeCounters, NodeCountersSnapshot, PREDICTION_ERROR_BUCKETS, SharedClock,
+    aggregate_cluster_metrics, system_clock,
 };
 
 /// The HTTP `Content-Type` of [`MetricsRegistry::encode`]'s output
@@ -80,6 +80,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "mlx_cluster_node_time_to_first_token_seconds",
     "mlx_cluster_node_request_duration_seconds",
     "mlx_cluster_node_latency_estimate_seconds",
+    "mlx_cluster_node_cache_prediction_error_blocks",
 ];
 
 const NODES: &str = "mlx_cluster_nodes";
@@ -98,6 +99,8 @@ const NODE_COMPLETION_TOKENS: &str = "mlx_cluster_node_completion_tokens";
 const NODE_TTFT: &str = "mlx_cluster_node_time_to_first_token";
 const NODE_DURATION: &str = "mlx_cluster_node_request_duration";
 const NODE_ESTIMATE: &str = "mlx_cluster_node_latency_estimate";
+// Unit "blocks": the encoder appends `_blocks`.
+const NODE_PREDICTION: &str = "mlx_cluster_node_cache_prediction_error";
 
 #[derive(Debug, Clone)]
 struct NodeEntry {
@@ -462,6 +465,26 @@ impl Collector for ClusterCollector {
             for ((id, _), s) in entries.iter().zip(&snaps) {
                 m.encode_family(&[("node", id.as_str())])?
                     .encode_gauge(&secs(s.latency_estimate))?;
+            }
+        }
+        {
+            let unit = Unit::Other("blocks".to_owned());
+            let mut m = encoder.encode_descriptor(
+                NODE_PREDICTION,
+                "Absolute difference between the cached prompt tokens the router predicted and the node reported, in fingerprint blocks.",
+                Some(&unit),
+                MetricType::Histogram,
+            )?;
+            for ((id, _), s) in entries.iter().zip(&snaps) {
+                let p = &s.cache_prediction;
+                let buckets: Vec<(f64, u64)> = PREDICTION_ERROR_BUCKETS
+                    .iter()
+                    .copied()
+                    .chain(std::iter::once(f64::INFINITY))
+                    .zip(p.buckets.iter().copied())
+                    .collect();
+                m.encode_family(&[("node", id.as_str())])?
+                    .encode_histogram::<NoLabelSet>(p.sum_blocks, p.count, &buckets, None)?;
             }
         }
         Ok(())

@@ -49,6 +49,7 @@ mod error;
 pub mod ewma;
 pub mod exposition;
 mod histogram;
+mod prediction;
 mod window;
 
 pub use aggregate::aggregate_cluster_metrics;
@@ -63,4 +64,5 @@ pub use histogram::{
     BucketCounts, HISTOGRAM_HIGHEST, HISTOGRAM_LOWEST, HISTOGRAM_SIGFIG, HistogramSummary,
     LatencyHistogram,
 };
+pub use prediction::{PREDICTION_ERROR_BUCKETS, PredictionHistogram, PredictionSnapshot};
 pub use window::{RollingWindow, WindowSnapshot};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cluster_metrics::{
     LATENCY_BUCKETS, METRIC_NAMES, ManualClock, MetricsRegistry, NodeCounters,
-    OPENMETRICS_CONTENT_TYPE, RequestOutcome,
+    OPENMETRICS_CONTENT_TYPE, PREDICTION_ERROR_BUCKETS, RequestOutcome,
 };
 use cluster_types::{NodeId, NodeStatus};
 
@@ -251,7 +251,12 @@ fn check_histogram(name: &str, f: &Family) {
                 (le, s.value)
             })
             .collect();
-        assert_eq!(buckets.len(), LATENCY_BUCKETS.len() + 1);
+        let expected = if name.ends_with("_blocks") {
+            PREDICTION_ERROR_BUCKETS.len()
+        } else {
+            LATENCY_BUCKETS.len()
+        };
+        assert_eq!(buckets.len(), expected + 1);
         assert!(
             buckets
                 .windows(2)

@@ -458,6 +458,13 @@ pub struct NodeMetrics {
     pub avg_ttft_ms: Option<f64>,
     /// When the last request finished, unix milliseconds. Default none.
     pub last_request_unix_ms: Option<u64>,
+    /// Answered requests for which the router predicted the cached prompt
+    /// tokens (cache-aware routing). Default 0.
+    pub cache_predictions_total: u64,
+    /// Share of those predictions within one fingerprint block of the
+    /// node's reported `cached_tokens` (the cache model's fidelity, 0 to 1).
+    /// Default none (no prediction yet).
+    pub cache_prediction_within_block: Option<f64>,
 }
 
 impl NodeMetrics {
