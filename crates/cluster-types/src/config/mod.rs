@@ -426,7 +426,8 @@ impl Default for MdnsDiscovery {
 /// Load balancing, retries and sticky sessions (the seeds' `RoutingConfig`).
 ///
 /// Defaults: `strategy` cache-aware, `max_retries` 2, `retry_delay` 100ms,
-/// `session_ttl` 30m, `session_header` `x-session-id`, `max_sessions` 100000.
+/// `session_ttl` 30m, `session_header` `x-session-id`, `max_sessions` 100000,
+/// `sticky_sessions` true, `prefill_concurrency` 1.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoutingConfig {
@@ -448,6 +449,18 @@ pub struct RoutingConfig {
     /// Most sessions remembered (least recently used are dropped). Default
     /// 100000.
     pub max_sessions: usize,
+    /// Whether a request with a session key goes back to the node that
+    /// served its session (a hard pin for round-robin, least-loaded,
+    /// latency-based and cache-score; a tie-break for cache-aware, whose
+    /// cache model keeps a conversation where its prefix is anyway).
+    /// Default true.
+    pub sticky_sessions: bool,
+    /// Requests each node prefills at once; further requests routed to the
+    /// node wait in the gateway until one has produced its first token
+    /// (servers that batch prompt processing make every prompt of the batch
+    /// wait for all of it). 0 = unlimited. A node tag `prefill_concurrency`
+    /// overrides it per node. Default 1.
+    pub prefill_concurrency: usize,
 }
 
 impl Default for RoutingConfig {
@@ -459,6 +472,8 @@ impl Default for RoutingConfig {
             session_ttl: Duration::from_secs(30 * 60),
             session_header: "x-session-id".to_owned(),
             max_sessions: 100_000,
+            sticky_sessions: true,
+            prefill_concurrency: 1,
         }
     }
 }

@@ -431,6 +431,20 @@ const ENTRIES: &[Raw] = &[
         None,
     ),
     (
+        "routing.sticky_sessions",
+        None,
+        "boolean",
+        "Send a request with a session key back to the node that served its session (a hard pin for round-robin, least-loaded, latency-based and cache-score; a tie-break for cache-aware).",
+        None,
+    ),
+    (
+        "routing.prefill_concurrency",
+        None,
+        "integer",
+        "Requests each node prefills at once; more wait in the gateway until one has its first token, because servers that batch prompt processing (mlx_lm.server) make every prompt in the batch wait for all of it. 0 = unlimited; node tag `prefill_concurrency` overrides it.",
+        None,
+    ),
+    (
         "gateway.listen",
         None,
         "socket address",
