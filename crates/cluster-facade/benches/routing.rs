@@ -274,7 +274,7 @@ impl SimRouter for FacadeRouter {
 /// falls behind for good (queues grow for the whole run).
 const SESSIONS_PER_MINUTE_PER_NODE: f64 = 0.5;
 
-/// Experiment knobs from the environment (ROUTING_PENALTY, ROUTING_ACTIVE,
+/// Experiment knobs from the environment (ROUTING_PENALTY, ROUTING_BALANCE,
 /// ROUTING_WINDOW): for tuning runs only; the published table uses the
 /// defaults.
 fn tune(params: &mut RouterParams) {
@@ -282,8 +282,8 @@ fn tune(params: &mut RouterParams) {
     if let Some(v) = env("ROUTING_PENALTY") {
         params.cost.work_penalty = v;
     }
-    if let Some(v) = env("ROUTING_ACTIVE") {
-        params.cost.active_conversation_seconds = v;
+    if let Some(v) = env("ROUTING_BALANCE") {
+        params.cost.balance = v;
     }
     if let Some(v) = env("ROUTING_WINDOW") {
         params.cost.active_window = Duration::from_secs_f64(v);

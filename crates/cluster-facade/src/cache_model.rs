@@ -90,6 +90,16 @@ impl Default for CacheModelParams {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EntryId(u64);
 
+/// What a node is believed to hold for a chain that extends one of its
+/// entries exactly (see [`CacheModel::held`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// Tokens held: the entry's prompt plus its reply.
+    pub tokens: u64,
+    /// Of those, the reply's tokens.
+    pub reply: u64,
+}
+
 /// What [`CacheModel::insert`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Inserted {
@@ -181,7 +191,12 @@ struct Entry {
     chain: Arc<[u64]>,
     /// Blocks of `chain` held (a correction may truncate an entry).
     len: usize,
+    /// Tokens the node holds for this entry: the prompt (estimated at
+    /// insert, as reported once the answer came) plus `reply`.
     tokens: u64,
+    /// Of `tokens`, the generated reply the node keeps after the prompt
+    /// (mlx_lm caches prompt and completion); 0 until reported.
+    reply: u64,
     last_used: Instant,
 }
 
@@ -603,6 +618,7 @@ impl CacheModel {
             Self::reindex(&mut self.index, slot, &chain[prior_len..]);
             node.tokens = node.tokens - e.tokens + tokens.max(e.tokens);
             e.tokens = tokens.max(e.tokens);
+            e.reply = 0;
             e.chain = chain;
             e.len = e.chain.len();
             e.last_used = now;
@@ -625,6 +641,7 @@ impl CacheModel {
                 chain,
                 len,
                 tokens,
+                reply: 0,
                 last_used: now,
             });
             (next_id, 0)
@@ -674,10 +691,12 @@ impl CacheModel {
             let e = node.entries.remove(k);
             node.tokens = node.tokens.saturating_sub(e.tokens);
         } else {
-            // Tokens shrink in proportion to the blocks kept.
-            let kept = scale(e.tokens, new_len, e.len);
+            // Tokens shrink in proportion to the blocks kept; a truncated
+            // entry no longer ends in its reply.
+            let kept = scale(e.tokens - e.reply, new_len, e.len);
             node.tokens = node.tokens.saturating_sub(e.tokens - kept);
             e.tokens = kept;
+            e.reply = 0;
             e.len = new_len;
         }
     }
@@ -691,48 +710,79 @@ impl CacheModel {
         }
     }
 
-    /// Corrects the model with what the node reported: it served
-    /// `kept_blocks` blocks of `chain` from its cache. Every other entry of
-    /// the node sharing more than `kept_blocks` blocks with `chain` is
-    /// truncated to `kept_blocks` (the node evicted the rest). The entry of
-    /// the request itself stays whole: the node has just cached the full
-    /// prompt. Its token count becomes `tokens`. Returns the number of
-    /// entries changed.
-    pub fn correct(
+    /// Corrects the model with what the node reported for the request whose
+    /// entry is `own` and whose chain is `chain`.
+    ///
+    /// `kept_blocks`: when the node served clearly fewer blocks from its
+    /// cache than the model predicted, how many it did serve; every other
+    /// entry of the node sharing more than that with `chain` is then
+    /// truncated to it (the node had evicted the rest). `None` when the
+    /// prediction held. The request's own entry stays whole (the node has
+    /// just cached the full prompt) and now holds `prompt_tokens +
+    /// reply_tokens` tokens, as reported. Returns the number of entries
+    /// truncated.
+    pub fn confirm(
         &mut self,
         slot: u32,
         own: Option<EntryId>,
         chain: &[u64],
-        kept_blocks: usize,
-        tokens: Option<u64>,
+        kept_blocks: Option<usize>,
+        prompt_tokens: u64,
+        reply_tokens: u64,
     ) -> usize {
         let mut changed = 0;
         let Some(node) = self.node(slot) else {
             return 0;
         };
-        let victims: Vec<usize> = node
-            .entries
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| Some(e.id) != own && common_prefix(e.blocks(), chain) > kept_blocks)
-            .map(|(k, _)| k)
-            .collect();
-        // Truncating to 0 removes, so walk from the back.
-        for &k in victims.iter().rev() {
-            self.truncate_at(slot, k, kept_blocks);
-            changed += 1;
+        if let Some(kept) = kept_blocks {
+            let victims: Vec<usize> = node
+                .entries
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| Some(e.id) != own && common_prefix(e.blocks(), chain) > kept)
+                .map(|(k, _)| k)
+                .collect();
+            // Truncating to 0 removes, so walk from the back.
+            for &k in victims.iter().rev() {
+                self.truncate_at(slot, k, kept);
+                changed += 1;
+            }
         }
-        if let (Some(own), Some(tokens)) = (own, tokens)
+        if let Some(own) = own
             && let Some(k) = self.position(slot, own)
         {
             if let Some(Some(node)) = self.nodes.get_mut(slot as usize) {
                 let e = &mut node.entries[k];
+                let tokens = prompt_tokens.saturating_add(reply_tokens);
                 node.tokens = node.tokens - e.tokens + tokens;
                 e.tokens = tokens;
+                e.reply = reply_tokens;
             }
             self.enforce_limits(slot);
         }
         changed
+    }
+
+    /// What `slot` holds for `chain` when its longest cached prefix,
+    /// `matched` blocks, is one whole entry of the node (the request
+    /// extends a prompt sent there before, e.g. the next turn of a
+    /// conversation): that entry's tokens. `None` when the match ends inside
+    /// an entry (a shared prefix such as a system prompt) or there is none.
+    /// O(entries).
+    #[must_use]
+    pub fn held(&self, slot: u32, chain: &[u64], matched: usize) -> Option<Held> {
+        if matched == 0 || matched > chain.len() {
+            return None;
+        }
+        let node = self.node(slot)?;
+        node.entries
+            .iter()
+            .rev()
+            .find(|e| e.len == matched && e.chain[matched - 1] == chain[matched - 1])
+            .map(|e| Held {
+                tokens: e.tokens,
+                reply: e.reply,
+            })
     }
 
     /// Drops every entry not used within `entry_ttl` before `now`; returns how
@@ -780,333 +830,5 @@ fn scale(tokens: u64, kept: usize, total: usize) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    /// A chained hash chain: block i depends on all before it.
-    fn chain(seed: u64, len: usize) -> Arc<[u64]> {
-        let mut prev = seed;
-        (0..len)
-            .map(|i| {
-                prev = cluster_types::fingerprint::xxh64(&(i as u64).to_le_bytes(), prev);
-                prev
-            })
-            .collect()
-    }
-
-    /// `base` extended by `extra` blocks derived from `seed`.
-    fn extend(base: &[u64], seed: u64, extra: usize) -> Arc<[u64]> {
-        let mut v = base.to_vec();
-        let mut prev = base.last().copied().unwrap_or(0) ^ seed;
-        for i in 0..extra {
-            prev = cluster_types::fingerprint::xxh64(&(i as u64).to_le_bytes(), prev);
-            v.push(prev);
-        }
-        v.into()
-    }
-
-    fn model() -> (CacheModel, Instant) {
-        (CacheModel::new(CacheModelParams::default()), Instant::now())
-    }
-
-    fn matches(m: &CacheModel, c: &[u64]) -> Vec<(u32, usize)> {
-        let mut out = Vec::new();
-        m.longest_matches(c, &mut out);
-        out.sort_unstable();
-        out
-    }
-
-    #[test]
-    fn empty_model_matches_nothing() {
-        let (m, _) = model();
-        assert!(matches(&m, &chain(1, 10)).is_empty());
-        assert!(matches(&m, &[]).is_empty());
-        assert_eq!(m.matched_blocks(0, &chain(1, 3)), 0);
-    }
-
-    #[test]
-    fn matches_prefixes_per_node() {
-        let (mut m, t) = model();
-        let (a, b, c) = (m.add_node(), m.add_node(), m.add_node());
-        let sys = chain(7, 20);
-        let conv1 = extend(&sys, 1, 10);
-        let conv2 = extend(&sys, 2, 5);
-        m.insert(a, conv1.clone(), 3000, t);
-        m.insert(b, sys.clone(), 2000, t);
-        m.insert(c, chain(99, 30), 3000, t);
-        // A request continuing conv1.
-        let req = extend(&conv1, 3, 4);
-        assert_eq!(matches(&m, &req), vec![(a, 30), (b, 20)]);
-        assert_eq!(m.matched_blocks(a, &req), 30);
-        assert_eq!(m.matched_blocks(b, &req), 20);
-        assert_eq!(m.matched_blocks(c, &req), 0);
-        // conv2 shares only the system prompt with conv1.
-        assert_eq!(matches(&m, &conv2), vec![(a, 20), (b, 20)]);
-        // A fully held chain matches to its end.
-        assert_eq!(matches(&m, &sys), vec![(a, 20), (b, 20)]);
-    }
-
-    #[test]
-    fn extending_an_entry_replaces_it() {
-        let (mut m, t) = model();
-        let a = m.add_node();
-        let turn1 = chain(1, 10);
-        let turn2 = extend(&turn1, 5, 10);
-        let i1 = m.insert(a, turn1.clone(), 100, t).unwrap();
-        assert_eq!(i1.prior_len, 0);
-        let i2 = m.insert(a, turn2.clone(), 200, t).unwrap();
-        assert_eq!(i2.id, i1.id);
-        assert_eq!(i2.prior_len, 10);
-        assert_eq!(m.node_stats(a), (1, 200));
-        assert_eq!(m.indexed_blocks(), 20);
-        // Same chain again: touch only.
-        let i3 = m.insert(a, turn2.clone(), 200, t).unwrap();
-        assert_eq!(i3.prior_len, 20);
-        assert_eq!(m.node_stats(a), (1, 200));
-        // Rollback of the extension returns to turn1.
-        m.rollback(a, i2);
-        assert_eq!(m.matched_blocks(a, &turn2), 10);
-        assert_eq!(m.node_stats(a).0, 1);
-    }
-
-    #[test]
-    fn shorter_prefix_entries_are_dropped_on_insert() {
-        let (mut m, t) = model();
-        let a = m.add_node();
-        let base = chain(3, 4);
-        let mid = extend(&base, 1, 4);
-        let long = extend(&mid, 2, 4);
-        m.insert(a, base.clone(), 10, t);
-        m.insert(a, chain(4, 4), 10, t);
-        // Insert `mid` as a separate entry first by going through a sibling.
-        m.insert(a, mid.clone(), 20, t);
-        assert_eq!(m.node_stats(a).0, 2);
-        m.insert(a, long.clone(), 30, t);
-        assert_eq!(m.node_stats(a).0, 2);
-        assert_eq!(m.matched_blocks(a, &long), 12);
-    }
-
-    #[test]
-    fn lru_evicts_by_entries_and_tokens() {
-        let mut m = CacheModel::new(CacheModelParams {
-            max_entries_per_node: 3,
-            max_tokens_per_node: 1000,
-            entry_ttl: Duration::from_secs(60),
-        });
-        let t = Instant::now();
-        let a = m.add_node();
-        let chains: Vec<_> = (0..5).map(|i| chain(100 + i, 5)).collect();
-        for c in &chains[..3] {
-            m.insert(a, c.clone(), 100, t);
-        }
-        // Touch the oldest so the second becomes LRU.
-        m.insert(a, chains[0].clone(), 100, t);
-        m.insert(a, chains[3].clone(), 100, t);
-        assert_eq!(m.node_stats(a), (3, 300));
-        assert_eq!(m.matched_blocks(a, &chains[1]), 0);
-        assert_eq!(m.matched_blocks(a, &chains[0]), 5);
-        // A big entry evicts by tokens but is itself kept.
-        m.insert(a, chains[4].clone(), 950, t);
-        assert_eq!(m.node_stats(a), (1, 950));
-        m.insert(a, chain(7, 2), 5000, t);
-        assert_eq!(m.node_stats(a), (1, 5000));
-    }
-
-    #[test]
-    fn shared_prefixes_count_entries() {
-        let (mut m, t) = model();
-        let (a, b) = (m.add_node(), m.add_node());
-        let sys = chain(9, 10);
-        let c1 = extend(&sys, 1, 5);
-        let c2 = extend(&sys, 2, 5);
-        m.insert(a, c1.clone(), 10, t);
-        assert_eq!(m.shared_prefix(&c1, 2), 0);
-        assert_eq!(m.shared_prefix(&c1, 1), 15);
-        m.insert(a, c2.clone(), 10, t);
-        assert_eq!(m.shared_prefix(&c1, 2), 10);
-        m.insert(b, c1.clone(), 10, t);
-        assert_eq!(m.shared_prefix(&c1, 2), 15);
-        assert_eq!(m.shared_prefix(&c1, 3), 10);
-        assert_eq!(m.shared_prefix(&[], 1), 0);
-    }
-
-    #[test]
-    fn eviction_cost_counts_only_live_private_history() {
-        let mut m = CacheModel::new(CacheModelParams {
-            max_entries_per_node: 2,
-            ..CacheModelParams::default()
-        });
-        let t = Instant::now();
-        let a = m.add_node();
-        let sys = chain(1, 10);
-        let c1 = extend(&sys, 1, 10);
-        let c2 = extend(&sys, 2, 10);
-        let c3 = extend(&sys, 3, 10);
-        m.insert(a, c1.clone(), 2000, t);
-        // A free entry: nothing is evicted.
-        assert_eq!(m.eviction_tokens(a, &c2, t), 0);
-        m.insert(a, c2.clone(), 2000, t + Duration::from_secs(1));
-        // Full: c1 (LRU) would go; half of it is shared with c2.
-        assert_eq!(m.eviction_tokens(a, &c3, t), 1000);
-        // Continuing c2 reuses its entry.
-        assert_eq!(m.eviction_tokens(a, &extend(&c2, 4, 2), t), 0);
-        // c1 idle since before the active window: free to evict.
-        assert_eq!(m.eviction_tokens(a, &c3, t + Duration::from_millis(500)), 0);
-        assert_eq!(m.eviction_tokens(a, &[], t), 0);
-        assert_eq!(m.eviction_tokens(9, &c3, t), 0);
-    }
-
-    #[test]
-    fn feedback_learns_the_entry_limit() {
-        let (mut m, t) = model();
-        let a = m.add_node();
-        for i in 0..10 {
-            m.insert(a, chain(300 + i, 3), 10, t);
-        }
-        assert_eq!(m.entry_limit(a), 10);
-        assert_eq!(m.feedback(a, false), 7);
-        assert_eq!(m.node_stats(a).0, 7);
-        assert_eq!(m.feedback(a, false), 5);
-        for _ in 0..4 {
-            m.feedback(a, true);
-        }
-        assert_eq!(m.entry_limit(a), 6);
-        for _ in 0..40 {
-            m.feedback(a, true);
-        }
-        assert_eq!(m.entry_limit(a), 10);
-        for _ in 0..40 {
-            m.feedback(a, false);
-        }
-        assert_eq!(m.entry_limit(a), 1);
-        assert_eq!(m.feedback(99, true), 0);
-    }
-
-    #[test]
-    fn per_node_limits_and_active_entries() {
-        let (mut m, t) = model();
-        let a = m.add_node();
-        for i in 0..6 {
-            m.insert(a, chain(200 + i, 3), 10, t + Duration::from_secs(i * 60));
-        }
-        assert_eq!(m.active_entries(a, t + Duration::from_secs(180)), 3);
-        assert_eq!(m.active_entries(a, t), 6);
-        assert_eq!(m.trim_node(a, 5), 1);
-        assert_eq!(m.trim_node(a, 9), 0);
-        assert_eq!(m.trim_node(42, 0), 0);
-        m.set_node_limits(a, Some(2), None);
-        assert_eq!(m.node_stats(a).0, 2);
-        m.set_node_limits(a, None, Some(10));
-        assert_eq!(m.node_stats(a).0, 1);
-        assert_eq!(m.active_entries(99, t), 0);
-    }
-
-    #[test]
-    fn correction_truncates_what_the_node_lost() {
-        let (mut m, t) = model();
-        let a = m.add_node();
-        let sys = chain(5, 10);
-        let conv = extend(&sys, 1, 10);
-        m.insert(a, conv.clone(), 2000, t);
-        // New request sharing conv; the node says it only had 10 blocks.
-        let req = extend(&conv, 2, 5);
-        let ins = m.insert(a, req.clone(), 2500, t).unwrap();
-        // The insert extended conv's entry, so there is nothing else to cut.
-        assert_eq!(m.correct(a, Some(ins.id), &req, 10, Some(2600)), 0);
-        assert_eq!(m.node_stats(a), (1, 2600));
-        // A sibling conversation on the same node, then a correction that
-        // says only the system prompt survived.
-        let sib = extend(&sys, 9, 10);
-        let s = m.insert(a, sib.clone(), 2000, t).unwrap();
-        let other = extend(&sys, 10, 3);
-        let o = m.insert(a, other.clone(), 1300, t).unwrap();
-        assert_eq!(m.correct(a, Some(o.id), &other, 10, None), 0);
-        assert_eq!(m.matched_blocks(a, &sib), 20);
-        // Node reports 5 blocks of `sib` cached: entries sharing more than 5
-        // blocks are truncated to 5.
-        assert_eq!(m.correct(a, Some(s.id), &sib, 5, None), 2);
-        // `req` and `other` keep the system prompt through `sib`'s entry.
-        assert_eq!(m.matched_blocks(a, &req), 10);
-        assert_eq!(m.matched_blocks(a, &other), 10);
-        assert_eq!(m.matched_blocks(a, &sib), 20);
-        // Zero kept blocks removes the others entirely.
-        assert_eq!(m.correct(a, Some(s.id), &sib, 0, None), 2);
-        assert_eq!(m.node_stats(a).0, 1);
-    }
-
-    #[test]
-    fn expiry_and_removal_clean_the_index() {
-        let (mut m, t) = model();
-        let a = m.add_node();
-        let b = m.add_node();
-        m.insert(a, chain(1, 8), 100, t);
-        m.insert(b, chain(1, 8), 100, t + Duration::from_secs(20 * 60));
-        assert_eq!(m.expire(t + Duration::from_secs(31 * 60)), 1);
-        assert_eq!(matches(&m, &chain(1, 8)), vec![(b, 8)]);
-        m.remove_node(b);
-        assert_eq!(m.indexed_blocks(), 0);
-        // Slots are reused.
-        assert_eq!(m.add_node(), b);
-        assert_eq!(m.node_stats(b), (0, 0));
-        assert!(m.insert(99, chain(1, 2), 1, t).is_none());
-        assert!(m.insert(a, Arc::from(Vec::new()), 1, t).is_none());
-    }
-
-    #[test]
-    fn replace_node_and_holders_spill() {
-        let (mut m, t) = model();
-        let slots: Vec<u32> = (0..5).map(|_| m.add_node()).collect();
-        let c = chain(42, 6);
-        for &s in &slots {
-            m.insert(s, c.clone(), 10, t);
-        }
-        assert_eq!(matches(&m, &c).len(), 5);
-        m.replace_node(slots[2], vec![(chain(43, 2), 5)], t);
-        let got = matches(&m, &c);
-        assert_eq!(got.len(), 4);
-        assert!(got.iter().all(|&(s, n)| s != slots[2] && n == 6));
-        for &s in &slots {
-            m.remove_node(s);
-        }
-        assert_eq!(m.indexed_blocks(), 0);
-    }
-
-    #[test]
-    fn common_prefix_of_chains() {
-        let a = chain(1, 10);
-        let b = extend(&a[..6], 3, 6);
-        assert_eq!(common_prefix(&a, &b), 6);
-        assert_eq!(common_prefix(&a, &a), 10);
-        assert_eq!(common_prefix(&a, &chain(2, 10)), 0);
-        assert_eq!(common_prefix(&a, &[]), 0);
-    }
-
-    proptest! {
-        /// The galloping search agrees with a naive per-node walk.
-        #[test]
-        fn longest_matches_equals_naive(
-            ops in proptest::collection::vec((0u32..4, 0u64..3, 1usize..12, 0usize..12), 1..40),
-            req in (0u64..3, 1usize..12, 0usize..12),
-        ) {
-            let mut m = CacheModel::new(CacheModelParams { max_entries_per_node: 3, ..CacheModelParams::default() });
-            let t = Instant::now();
-            for _ in 0..4 { m.add_node(); }
-            let bases: Vec<_> = (0..3).map(|i| chain(i, 12)).collect();
-            for (slot, base, keep, extra) in ops {
-                let c = extend(&bases[base as usize][..keep], keep as u64 * 31 + extra as u64, extra % 4);
-                m.insert(slot, c, 10, t);
-            }
-            let q = extend(&bases[req.0 as usize][..req.1], req.1 as u64 * 31 + req.2 as u64, req.2 % 4);
-            let got = matches(&m, &q);
-            let mut naive = Vec::new();
-            for slot in 0..4u32 {
-                let n = m.matched_blocks(slot, &q);
-                let walk = (0..q.len()).take_while(|&i| m.holders(q[i]).is_some_and(|h| h.contains(slot))).count();
-                prop_assert_eq!(n, walk);
-                if n > 0 { naive.push((slot, n)); }
-            }
-            prop_assert_eq!(got, naive);
-        }
-    }
-}
+#[path = "cache_model_tests.rs"]
+mod tests;

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use cluster_metrics::{InFlightGuard, RequestOutcome as MetricsOutcome};
 use cluster_types::{ApiKey, NodeId, RoutingDecision};
 
-use crate::cache_model::Inserted;
+use crate::cache_model::{Held, Inserted};
 use crate::live::NodeLive;
+use crate::prefill_gate::{PrefillSlot, hold_limit};
 use crate::router::RouterShared;
 use crate::strategy::f;
 
@@ -149,14 +150,21 @@ impl std::fmt::Debug for ProbeClaim {
     }
 }
 
-/// Cache-model bookkeeping of one request.
+/// Cache-model bookkeeping of one request: inserted at select, confirmed
+/// or rolled back at finish.
 #[derive(Debug)]
 pub(crate) struct CacheTicket {
     pub(crate) slot: u32,
     pub(crate) chain: Arc<[u64]>,
     pub(crate) inserted: Option<Inserted>,
-    pub(crate) predicted_blocks: usize,
-    pub(crate) total_blocks: usize,
+    /// Prompt tokens the node was predicted to serve from its cache.
+    pub(crate) predicted_cached: Option<u64>,
+    /// The entry the request extends exactly (its conversation's last
+    /// turn on the node), when the prediction rests on one.
+    pub(crate) held: Option<Held>,
+    /// Canonical prompt bytes and bytes per block (to convert reports).
+    pub(crate) prompt_bytes: u64,
+    pub(crate) block_bytes: u64,
 }
 
 /// Counts one request in flight on its node until finished.
@@ -173,16 +181,17 @@ pub struct RequestGuard {
     pub(crate) node_id: NodeId,
     pub(crate) in_flight: Option<InFlightGuard>,
     pub(crate) started: Instant,
+    /// When the node's prefill gate let the request through.
+    pub(crate) admitted_at: Option<Instant>,
     pub(crate) first_byte_at: Option<Instant>,
     /// Predicted uncached tokens, counted in the node's outstanding prefill
     /// until the first byte.
     pub(crate) prefill_tokens: u64,
     /// Outstanding prefill on the node when this request was routed.
     pub(crate) queued_ahead: u64,
-    /// The router's prompt-token estimate (the unit of every token figure
-    /// the router keeps; reported counts are converted by ratio).
-    pub(crate) prompt_estimate: u64,
     pub(crate) cache: Option<CacheTicket>,
+    /// The node's prefill slot, held from admission to the first byte.
+    pub(crate) slot: Option<PrefillSlot>,
     pub(crate) probe: Option<ProbeClaim>,
     pub(crate) done: bool,
 }
@@ -207,9 +216,51 @@ impl RequestGuard {
             .map(|t| t.saturating_duration_since(self.started))
     }
 
+    /// Waits until the node's prefill gate admits the request
+    /// (`routing.prefill_concurrency`, default one prefill per node at a
+    /// time); call it right before sending the request to the node. The slot
+    /// is held until [`first_byte`](Self::first_byte), the end of the
+    /// request, or a hold limit: for `streamed` answers 8 × the predicted
+    /// prefill time (at least 10 s), else the predicted prefill time, since a
+    /// non-streamed answer's first byte comes only after the generation.
+    /// Returns at once when the node's gate is unlimited or the request was
+    /// already admitted. Cancellation-safe.
+    pub async fn admitted(&mut self, streamed: bool) {
+        if self.admitted_at.is_some() {
+            return;
+        }
+        let gate = self.live.gate.read().clone();
+        let slot = gate.acquire().await;
+        let now = self.shared.clock.now();
+        self.admitted_at = Some(now);
+        let rate = self.live.prefill_rate.load();
+        let rate = if rate > 0.0 {
+            rate
+        } else {
+            self.shared
+                .params
+                .cost
+                .default_prefill_tokens_per_second
+                .max(1.0)
+        };
+        let predicted = Duration::from_secs_f64((f(self.prefill_tokens) / rate).min(3600.0));
+        slot.release_after(hold_limit(predicted, streamed));
+        self.slot = Some(slot);
+    }
+
+    /// Time the request waited at the node's prefill gate, once admitted.
+    #[must_use]
+    pub fn gate_wait(&self) -> Option<Duration> {
+        self.admitted_at
+            .map(|t| t.saturating_duration_since(self.started))
+    }
+
     /// Records that the first byte of the answer arrived now (router clock).
     /// Later calls are ignored.
     pub fn first_byte(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            slot.release();
+        }
         if self.first_byte_at.is_some() {
             return;
         }
@@ -246,6 +297,9 @@ impl RequestGuard {
             return;
         }
         self.done = true;
+        if let Some(slot) = self.slot.take() {
+            slot.release();
+        }
         let shared = Arc::clone(&self.shared);
         let now = shared.clock.now();
         let had_first_byte = self.first_byte_at.is_some();
@@ -259,11 +313,14 @@ impl RequestGuard {
             RequestOutcome::Success {
                 prompt_tokens,
                 cached_tokens,
-                ..
+                completion_tokens,
             } => {
                 let mut m = MetricsOutcome::success();
                 if let (Some(p), Some(c)) = (prompt_tokens, cached_tokens) {
                     m = m.with_tokens(u64::from(p), u64::from(c));
+                }
+                if let Some(n) = completion_tokens {
+                    m = m.with_completion_tokens(u64::from(n));
                 }
                 m
             }
@@ -287,55 +344,10 @@ impl RequestGuard {
                 live.latency_ns.store(live.latency_estimate_ns());
                 if let (Some(p), Some(c)) = (prompt_tokens, cached_tokens) {
                     let (p, c) = (u64::from(p), u64::from(c).min(u64::from(p)));
-                    live.last_reported_cached.store(c, Ordering::Relaxed);
-                    if p > 0 {
-                        let hit = f(c) / f(p);
-                        let old = live.hit_rate.load();
-                        live.hit_rate.store(if old > 0.0 {
-                            0.8 * old + 0.2 * hit
-                        } else {
-                            hit
-                        });
-                    }
-                    // Reported tokens may count differently from the
-                    // router's estimate: convert by ratio.
-                    let uncached = if p == 0 {
-                        0
-                    } else {
-                        let u =
-                            u128::from(self.prompt_estimate) * u128::from(p - c) / u128::from(p);
-                        u64::try_from(u).unwrap_or(u64::MAX)
-                    };
-                    self.learn_rate(uncached, ttft.unwrap_or(latency));
-                    if let Some(ticket) = self.cache.take() {
-                        let kept = if p == 0 {
-                            0
-                        } else {
-                            let k = u128::from(c) * ticket.total_blocks as u128 / u128::from(p);
-                            usize::try_from(k)
-                                .unwrap_or(usize::MAX)
-                                .min(ticket.chain.len())
-                        };
-                        let tokens = self.prompt_estimate
-                            + self.prompt_estimate * completion_tokens.map_or(0, u64::from)
-                                / p.max(1);
-                        let mut model = shared.cache.lock();
-                        let own = ticket.inserted.map(|i| i.id);
-                        // Block counts map to tokens only approximately
-                        // (framing, templates): correct only a clear loss.
-                        let predicted = ticket.predicted_blocks;
-                        let clear_loss = kept + 2 + predicted * 3 / 20 < predicted;
-                        let kept = if clear_loss { kept } else { usize::MAX };
-                        model.correct(ticket.slot, own, &ticket.chain, kept, Some(tokens));
-                    }
+                    let reply = completion_tokens.map_or(0, u64::from);
+                    self.learn(p, c, reply);
                     live.cache_updated
                         .store(shared.epoch.encode(now), Ordering::Relaxed);
-                }
-                if let Some(fb) = self.first_byte_at {
-                    let d = now.saturating_duration_since(fb).as_secs_f64();
-                    let old = live.decode_seconds.load();
-                    live.decode_seconds
-                        .store(if old > 0.0 { 0.8 * old + 0.2 * d } else { d });
                 }
             }
             RequestOutcome::Overloaded { retry_after } => {
@@ -385,25 +397,79 @@ impl RequestGuard {
         }
     }
 
-    /// Learns the node's prefill rate from one answer: `(uncached +
-    /// queued_ahead) / ttft` tokens/s, blended into an EWMA.
-    fn learn_rate(&self, uncached: u64, ttft: Duration) {
-        let cost = &self.shared.params.cost;
-        let work = uncached + self.queued_ahead;
-        let secs = ttft.as_secs_f64();
-        if work < cost.min_rate_sample_tokens || secs <= 0.0 {
+    /// Everything one answered request teaches, from the node's report of
+    /// `prompt` tokens of which `cached` came from its cache, and a `reply`
+    /// of that many tokens: the node's hit rate, tokens per byte, prefill
+    /// rate and reply reuse, the cluster's follow-up turn size, the cache
+    /// model's fidelity, and the cache model itself.
+    fn learn(&mut self, prompt: u64, cached: u64, reply: u64) {
+        let shared = Arc::clone(&self.shared);
+        let cost = &shared.params.cost;
+        let live = Arc::clone(&self.live);
+        live.last_reported_cached.store(cached, Ordering::Relaxed);
+        if prompt == 0 {
             return;
         }
-        let default = cost.default_prefill_tokens_per_second.max(1e-3);
-        let clamp = cost.rate_clamp.max(1.0);
-        let sample = (f(work) / secs).clamp(default / clamp, default * clamp);
-        let old = self.live.prefill_rate.load();
-        let a = cost.rate_ewma_alpha.clamp(0.0, 1.0);
-        self.live.prefill_rate.store(if old > 0.0 {
-            (1.0 - a) * old + a * sample
-        } else {
-            sample
-        });
+        live.hit_rate.blend(f(cached) / f(prompt), 0.2);
+        let uncached = prompt - cached;
+        if cached > 0 {
+            shared.warm_turn.blend(f(uncached), 0.2);
+        }
+        // Prefill rate: uncached tokens over the time the node spent on
+        // them (from admission when the gate admitted the request, else
+        // including what was queued ahead of it).
+        if let Some(fb) = self.first_byte_at {
+            let (from, work) = match self.admitted_at {
+                Some(at) if live.gate.read().limit() > 0 => (at, uncached),
+                _ => (self.started, uncached + self.queued_ahead),
+            };
+            let secs = fb.saturating_duration_since(from).as_secs_f64();
+            if work >= cost.min_rate_sample_tokens && secs > 0.0 {
+                let default = cost.default_prefill_tokens_per_second.max(1e-3);
+                let clamp = cost.rate_clamp.max(1.0);
+                let sample = (f(work) / secs).clamp(default / clamp, default * clamp);
+                live.prefill_rate
+                    .blend(sample, cost.rate_ewma_alpha.clamp(0.0, 1.0));
+            }
+        }
+        let Some(ticket) = self.cache.take() else {
+            return;
+        };
+        let tpb = f(prompt) / f(ticket.prompt_bytes.max(1));
+        live.tokens_per_byte.blend(tpb, 0.2);
+        let block_tokens = (f(ticket.block_bytes) * tpb).max(1.0);
+        if let Some(held) = ticket.held
+            && held.reply > 0
+        {
+            let from_prompt = held.tokens - held.reply;
+            // Only a cache that kept the whole prompt says how much of the
+            // reply it reuses.
+            if cached + 1 >= from_prompt {
+                let reused = (f(cached) - f(from_prompt)).max(0.0) / f(held.reply);
+                live.reply_reuse.blend(reused.clamp(0.0, 1.0), 0.2);
+            }
+        }
+        let mut kept = None;
+        if let Some(predicted) = ticket.predicted_cached {
+            let error = (f(predicted) - f(cached)) / block_tokens;
+            live.counters.observe_cache_prediction(error.abs());
+            let mut model = shared.cache.lock();
+            if error > 1.0 {
+                // The node had evicted part of what the model believed.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let blocks = (f(cached) / block_tokens).floor() as usize;
+                kept = Some(blocks.min(ticket.chain.len()));
+                model.feedback(ticket.slot, false);
+            } else if predicted > 0 {
+                model.feedback(ticket.slot, true);
+            }
+            drop(model);
+        }
+        let own = ticket.inserted.map(|i| i.id);
+        shared
+            .cache
+            .lock()
+            .confirm(ticket.slot, own, &ticket.chain, kept, prompt, reply);
     }
 }
 

@@ -56,6 +56,7 @@ mod manager;
 #[cfg(test)]
 mod manager_tests;
 mod params;
+mod prefill_gate;
 mod router;
 #[cfg(test)]
 mod router_tests;
@@ -74,6 +75,7 @@ pub use events::ClusterEvent;
 pub use guard::{FailureKind, NodeTarget, RequestGuard, RequestOutcome, Selection};
 pub use manager::{Cluster, ClusterBuilder, EVENT_CAPACITY};
 pub use params::{CostParams, RouterParams, StrategyKind};
+pub use prefill_gate::TAG_PREFILL_CONCURRENCY;
 pub use router::{Router, TAG_CACHE_ENTRIES, TAG_CACHE_TOKENS};
 pub use snapshot::{ClusterSnapshot, NodeEntry};
 pub use strategy::cache_aware::CacheOracle;

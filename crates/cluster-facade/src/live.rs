@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use cluster_metrics::{NodeCounters, RollingWindow, SharedClock};
 use parking_lot::Mutex;
 
+use crate::prefill_gate::PrefillGate;
+
 /// Converts instants to nanoseconds since a fixed origin so they fit in an
 /// `AtomicU64`. Value 0 means "never"; real instants map to `1 + nanos`.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +47,23 @@ impl AtomicF64 {
     pub(crate) fn store(&self, v: f64) {
         self.0.store(v.to_bits(), Ordering::Relaxed);
     }
+
+    /// Blends `sample` into the value as an EWMA with weight `alpha`
+    /// (the first sample, on a value ≤ 0, is taken as is). Lock-free: a
+    /// compare-and-swap loop, so concurrent samples are not lost.
+    pub(crate) fn blend(&self, sample: f64, alpha: f64) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                let old = f64::from_bits(bits);
+                let new = if old > 0.0 {
+                    (1.0 - alpha) * old + alpha * sample
+                } else {
+                    sample
+                };
+                Some(new.to_bits())
+            });
+    }
 }
 
 /// Live state of one node.
@@ -60,10 +79,15 @@ pub(crate) struct NodeLive {
     /// Predicted uncached prompt tokens of requests routed here whose first
     /// byte has not arrived yet.
     pub(crate) outstanding_prefill: AtomicU64,
-    /// Learned prefill rate, tokens/s (0 = not learned yet).
+    /// Measured prefill rate, tokens/s (0 = not measured yet).
     pub(crate) prefill_rate: AtomicF64,
-    /// Learned mean decode time (first byte → end), seconds (0 = unknown).
-    pub(crate) decode_seconds: AtomicF64,
+    /// Measured prompt tokens per byte of canonical prompt (0 = not yet).
+    pub(crate) tokens_per_byte: AtomicF64,
+    /// Share of a cached reply the node serves from its cache on the next
+    /// turn (mlx_lm: all of it when the reply re-tokenizes the same), 0–1.
+    pub(crate) reply_reuse: AtomicF64,
+    /// Admission of prefills (`routing.prefill_concurrency`).
+    pub(crate) gate: parking_lot::RwLock<PrefillGate>,
     /// Skip the node until this instant (overload answers), encoded.
     pub(crate) saturated_until: AtomicU64,
     /// Whether the half-open probe request is out.
@@ -102,7 +126,9 @@ impl NodeLive {
             routed_in_flight: AtomicU64::new(0),
             outstanding_prefill: AtomicU64::new(0),
             prefill_rate: AtomicF64::new(0.0),
-            decode_seconds: AtomicF64::new(0.0),
+            tokens_per_byte: AtomicF64::new(0.0),
+            reply_reuse: AtomicF64::new(1.0),
+            gate: parking_lot::RwLock::new(PrefillGate::default()),
             saturated_until: AtomicU64::new(0),
             probe_in_flight: AtomicBool::new(false),
             swrr_current: AtomicI64::new(0),

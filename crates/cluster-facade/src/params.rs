@@ -62,66 +62,55 @@ impl From<LoadBalanceStrategy> for StrategyKind {
     }
 }
 
-/// The time-to-first-token estimate of the cache-aware strategy (see
-/// `docs/routing.md`):
+/// The cost model of the cache-aware strategy (see `docs/routing.md`):
 ///
 /// ```text
-/// cost(node) = (uncached(node) + work_penalty × private_uncached(node)
-///              + eviction_penalty × evicted(node)) / rate(node)
-///            + outstanding_prefill_tokens(node) / rate(node)
-///            + in_flight(node) × per_request_seconds
-///            + max(0, in_flight(node) + 1 − node_concurrency) × decode_seconds(node)
-///            + active_conversation_seconds × active(node) × default_rate / rate(node)
+/// cost(node) = ( queued(node) + uncached(node)
+///              + work_penalty × private(node)
+///              + eviction_penalty × evicted(node)
+///              + balance × active(node) × warm_turn ) / rate(node)
 /// ```
 ///
-/// (`private_uncached`: uncached tokens past the prefix many conversations
-/// share; `evicted`: tokens of an active conversation the request would push
-/// out of a full prompt cache; `active`: conversations that used the node
-/// within `active_window`.)
+/// Every term is work in tokens (queued prefill, this prompt's uncached
+/// tokens, re-prefilled history, an evicted conversation, the turns the
+/// node's active conversations will send) divided by the node's measured
+/// prefill rate, so no default is tied to a node's speed.
 ///
 /// Defaults ([`CostParams::default`]) are given per field.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CostParams {
     /// Prefill rate assumed for a node before any measurement, prompt tokens
-    /// per second (scaled by nothing; learned per node afterwards).
+    /// per second (× the node's weight; measured per node afterwards).
     /// Default 1500.
     pub default_prefill_tokens_per_second: f64,
     /// Weight of a new sample in the per-node prefill-rate EWMA. Default 0.2.
     pub rate_ewma_alpha: f64,
-    /// Learned rates are kept within `[default / rate_clamp, default ×
+    /// Measured rates are kept within `[default / rate_clamp, default ×
     /// rate_clamp]`. Default 20.
     pub rate_clamp: f64,
-    /// Samples with less prefill work than this (uncached + queued tokens)
-    /// do not update the rate (overhead-dominated). Default 256.
+    /// Samples with less prefill work than this do not update the rate
+    /// (overhead-dominated). Default 256 tokens.
     pub min_rate_sample_tokens: u64,
     /// Extra weight of *private* uncached tokens (past the shared prefix):
-    /// moving a conversation away from its cache costs every later turn, so
-    /// it must buy more than its own time to first token. Default 1.0.
+    /// moving a conversation away from its cache re-prefills its history,
+    /// work that every request queued behind it waits for too. Default 1.0.
     pub work_penalty: f64,
     /// Weight of the private history a new conversation would evict from a
     /// node whose prompt cache is full of active conversations (that
     /// conversation re-prefills it on its next turn). Default 1.0.
     pub eviction_penalty: f64,
-    /// Expected near-future prefill work each active conversation brings its
-    /// node, seconds at the default rate; spreads new conversations.
-    /// Default 3.0.
-    pub active_conversation_seconds: f64,
+    /// Weight of the follow-up turns the node's active conversations will
+    /// queue soon (`active × warm_turn` tokens); spreads new conversations.
+    /// Default 1.0.
+    pub balance: f64,
     /// A conversation (cache-model entry) used within this window counts as
     /// active on its node. Default 120 s.
     pub active_window: std::time::Duration,
-    /// Interference of each request in flight (decode steps interleaved with
-    /// prefill), seconds. Default 0.05.
-    pub per_request_seconds: f64,
-    /// Requests a node runs at once (mlx_lm's decode concurrency); requests
-    /// past it wait for a decode to finish. Default 8.
-    pub node_concurrency: u32,
-    /// Mean decode time of a request assumed before any measurement, seconds.
-    /// Default 5.
-    pub default_decode_seconds: f64,
-    /// Nodes whose estimates lie within `max(tie_abs_seconds, tie_relative ×
-    /// best)` of the best are tied. Default 0.05 s.
-    pub tie_abs_seconds: f64,
-    /// See `tie_abs_seconds`. Default 0.05 (5 %).
+    /// Nodes whose costs lie within `max(tie_relative × best, tie_tokens /
+    /// rate)` of the best are tied (broken by session, then rendezvous
+    /// hash). Default 64 tokens.
+    pub tie_tokens: f64,
+    /// See `tie_tokens`. Default 0.05 (5 %).
     pub tie_relative: f64,
     /// Blocks past the best node's match that key the rendezvous hash among
     /// tied nodes. Default 8 (2 KiB of prompt with 256-byte blocks).
@@ -132,8 +121,8 @@ pub struct CostParams {
     pub full_scan_limit: usize,
     /// See `full_scan_limit`. Default 4.
     pub sample_candidates: usize,
-    /// Bytes of text per token when a request gives no token estimate.
-    /// Default 4.
+    /// Bytes of canonical prompt per token before a node has reported token
+    /// counts (then its measured ratio is used). Default 4.
     pub bytes_per_token: u64,
 }
 
@@ -146,12 +135,9 @@ impl Default for CostParams {
             min_rate_sample_tokens: 256,
             work_penalty: 1.0,
             eviction_penalty: 1.0,
-            active_conversation_seconds: 3.0,
+            balance: 1.0,
             active_window: std::time::Duration::from_secs(120),
-            per_request_seconds: 0.05,
-            node_concurrency: 8,
-            default_decode_seconds: 5.0,
-            tie_abs_seconds: 0.05,
+            tie_tokens: 64.0,
             tie_relative: 0.05,
             rendezvous_blocks: 8,
             full_scan_limit: 128,
@@ -205,6 +191,11 @@ pub struct RouterParams {
     /// Seed of the router's random number generator (p2c sampling,
     /// round-robin start). Default 0x6d6c78 ("mlx").
     pub seed: u64,
+    /// Requests each node prefills at once; the rest wait at its gate in the
+    /// gateway (0 = unlimited; see `prefill_gate.rs`). The node tag
+    /// `prefill_concurrency` overrides it per node. Default 1
+    /// (`routing.prefill_concurrency`).
+    pub prefill_concurrency: usize,
 }
 
 impl Default for RouterParams {
@@ -223,6 +214,7 @@ impl Default for RouterParams {
             success_window: Duration::from_secs(30),
             success_window_samples: 100,
             seed: 0x006d_6c78,
+            prefill_concurrency: 1,
         }
     }
 }
@@ -237,6 +229,8 @@ impl RouterParams {
             strategy: config.routing.strategy.into(),
             session_ttl: config.routing.session_ttl,
             max_sessions: config.routing.max_sessions,
+            sticky_sessions: config.routing.sticky_sessions,
+            prefill_concurrency: config.routing.prefill_concurrency,
             cache: CacheModelParams {
                 max_entries_per_node: usize::try_from(config.cache.max_prefixes_per_node)
                     .unwrap_or(usize::MAX),

@@ -19,8 +19,9 @@ use rand::rngs::SmallRng;
 use crate::cache_model::CacheModel;
 use crate::error::FacadeError;
 use crate::guard::{CacheTicket, NodeTarget, ProbeGate, RequestGuard, RequestOutcome, Selection};
-use crate::live::{Epoch, NodeLive};
+use crate::live::{AtomicF64, Epoch, NodeLive};
 use crate::params::{RouterParams, StrategyKind};
+use crate::prefill_gate::{PrefillGate, TAG_PREFILL_CONCURRENCY};
 use crate::snapshot::{ClusterSnapshot, NodeEntry, SnapNode};
 use crate::strategy::cache_aware::{self, CacheOracle, Knowledge, Prompt, Scratch};
 use crate::strategy::cache_score::{CacheScore, enc_hash};
@@ -57,6 +58,9 @@ pub(crate) struct RouterShared {
     snapshot: ArcSwap<ClusterSnapshot>,
     publisher: Mutex<Publisher>,
     pub(crate) cache: Mutex<CacheModel>,
+    /// Measured uncached tokens of a follow-up turn (EWMA over answers that
+    /// were cache hits; 0 = none yet).
+    pub(crate) warm_turn: AtomicF64,
     scratch: Mutex<Scratch>,
     sessions: SessionTable,
     rr: RoundRobin,
@@ -133,6 +137,7 @@ impl Router {
         let epoch = Epoch::new(clock.now());
         let shared = RouterShared {
             cache: Mutex::new(CacheModel::new(params.cache)),
+            warm_turn: AtomicF64::new(0.0),
             scratch: Mutex::new(Scratch::default()),
             sessions: SessionTable::new(params.session_ttl, params.max_sessions),
             rng: Mutex::new(SmallRng::seed_from_u64(params.seed)),
@@ -225,6 +230,13 @@ impl Router {
                     .get(k)
                     .and_then(|v| v.trim().parse::<u64>().ok())
             };
+            let gate_limit = tag(TAG_PREFILL_CONCURRENCY)
+                .map_or(shared.params.prefill_concurrency, |v| {
+                    usize::try_from(v).unwrap_or(usize::MAX)
+                });
+            if live.gate.read().limit() != gate_limit {
+                *live.gate.write() = PrefillGate::new(gate_limit);
+            }
             let (entries, tokens) = (tag(TAG_CACHE_ENTRIES), tag(TAG_CACHE_TOKENS));
             if entries.is_some() || tokens.is_some() {
                 shared.cache.lock().set_node_limits(
@@ -305,7 +317,16 @@ impl Router {
                             _ => Knowledge::Model(model),
                         };
                         let scratch = scratch.as_deref_mut()?;
-                        cache_aware::choose(c, &prompt, knowledge, &params.cost, prefer, scratch)
+                        let warm_turn = shared.warm_turn.load();
+                        cache_aware::choose(
+                            c,
+                            &prompt,
+                            knowledge,
+                            &params.cost,
+                            prefer,
+                            warm_turn,
+                            scratch,
+                        )
                     }
                 }
             },
@@ -321,28 +342,43 @@ impl Router {
         let live = Arc::clone(&node.live);
 
         // Cache model: what the node will hold once it has the prompt.
+        let prompt_tokens = prompt.tokens(node);
         let cache = model_guard.as_deref_mut().and_then(|model| {
             if prompt.chain.is_empty() {
                 return None;
             }
+            let held = model.held(live.cache_slot, prompt.chain, pick.cached_blocks);
             if strategy == StrategyKind::Oracle {
                 // The oracle's pick carries true cached tokens, not blocks.
                 pick.cached_blocks = model.matched_blocks(live.cache_slot, prompt.chain);
             }
             let chain: Arc<[u64]> = Arc::from(prompt.chain);
-            let inserted = model.insert(live.cache_slot, Arc::clone(&chain), prompt.tokens, now);
+            let inserted = model.insert(live.cache_slot, Arc::clone(&chain), prompt_tokens, now);
             Some(CacheTicket {
                 slot: live.cache_slot,
                 chain,
                 inserted,
-                predicted_blocks: pick.cached_blocks,
-                total_blocks: prompt.blocks.len(),
+                predicted_cached: pick.predicted_cached,
+                held,
+                prompt_bytes: prompt.bytes,
+                block_bytes: prompt.block_bytes,
             })
         });
         drop(model_guard);
         if !cache_aware {
             // Unknown cache: count the whole prompt as prefill work.
-            pick.uncached_tokens = prompt.tokens;
+            pick.uncached_tokens = prompt_tokens;
+        }
+        if pick.cost.is_some() {
+            tracing::debug!(
+                node = %node.entry.spec.id,
+                reason = %pick.reason,
+                cost_s = pick.cost.unwrap_or_default(),
+                predicted_cached = pick.predicted_cached.unwrap_or_default(),
+                uncached = pick.uncached_tokens,
+                queued = live.outstanding_prefill.load(Ordering::Relaxed),
+                "routed"
+            );
         }
 
         // Seeds' cache state.
@@ -376,11 +412,12 @@ impl Router {
             node_id: node.entry.spec.id.clone(),
             in_flight: Some(in_flight),
             started: now,
+            admitted_at: None,
             first_byte_at: None,
             prefill_tokens: pick.uncached_tokens,
             queued_ahead,
-            prompt_estimate: prompt.tokens,
             cache,
+            slot: None,
             probe,
             done: false,
         };
@@ -465,24 +502,7 @@ impl Router {
     pub fn node_metrics(&self, node: &NodeId) -> Option<NodeMetrics> {
         let snap = self.shared.snapshot.load();
         let live = &snap.node(snap.index_of(node)?).live;
-        let s = live.counters.snapshot();
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        Some(NodeMetrics {
-            in_flight: s.in_flight,
-            requests_total: s.requests,
-            successes_total: s.successes,
-            failures_total: s.failures,
-            cancelled_total: s.cancelled,
-            prompt_tokens_total: s.prompt_tokens,
-            cached_tokens_total: s.cached_tokens,
-            completion_tokens_total: 0,
-            ewma_latency_ms: (s.requests > 0).then(|| ms(s.latency_estimate)),
-            latency_p50_ms: s.latency.p50.map(ms),
-            latency_p90_ms: s.latency.p90.map(ms),
-            latency_p99_ms: s.latency.p99.map(ms),
-            avg_ttft_ms: s.time_to_first_token.mean.map(ms),
-            last_request_unix_ms: None,
-        })
+        Some(live.counters.snapshot().to_node_metrics())
     }
 
     /// Converts a router-clock instant to unix milliseconds (through the
@@ -523,8 +543,9 @@ impl Router {
             return;
         }
         let now = self.shared.clock.now();
-        let tokens = Prompt::new(ctx, self.shared.params.cost.bytes_per_token, now).tokens;
-        let slot = snap.node(i).live.cache_slot;
+        let node = snap.node(i);
+        let tokens = Prompt::new(ctx, self.shared.params.cost.bytes_per_token, now).tokens(node);
+        let slot = node.live.cache_slot;
         self.shared
             .cache
             .lock()

@@ -1,47 +1,59 @@
 //! Ours: send each request where it will get its first token soonest
 //! without making later requests slower.
 //!
-//! For every evaluated node the strategy computes a cost in seconds:
+//! For every evaluated node the strategy estimates, in seconds at the
+//! node's own measured prefill rate `r`:
 //!
 //! ```text
-//! cost = (uncached + work_penalty × private_uncached
-//!         + eviction_penalty × evicted) / rate
-//!      + outstanding_prefill / rate
-//!      + in_flight × per_request_seconds
-//!      + max(0, in_flight + 1 − node_concurrency) × decode_seconds
-//!      + active_conversation_seconds × active × default_rate / rate
+//! cost = ( queued                         prefill work waiting at the node's gate
+//!        + uncached                       this prompt's tokens not in the node's cache
+//!        + work_penalty × private         re-prefill of history cached on another node
+//!        + eviction_penalty × evicted     an active conversation this would push out
+//!        + balance × active × warm_turn   turns the node's conversations will send
+//!        ) / r
 //! ```
 //!
-//! * `uncached`: prompt tokens past the node's longest cached prefix, from
-//!   the cache model (or, for the benchmark's oracle, the node's true cache);
-//! * `private_uncached`: the part of `uncached` past the *shared* prefix
-//!   (blocks held by at least two cache entries in the cluster, typically a
-//!   system prompt and tool list). Moving a conversation away from the node
-//!   that holds it re-prefills its whole private history, and every later
-//!   turn pays again, so that work is weighed `1 + work_penalty` times;
-//!   re-prefilling a shared system prompt on a new node is paid once;
-//! * `evicted`: when the request would add an entry to a node whose prompt
-//!   cache is full and whose least recently used entry is still active, the
-//!   private tokens of that conversation (it loses its cache);
-//! * `outstanding_prefill`: uncached tokens of requests already routed to
-//!   the node that have not produced a first byte (its prefill queue);
-//! * `rate`: the node's learned prefill rate;
-//! * `active`: conversations (cache entries) used on the node within
-//!   `active_window` — the turns they will send soon are load the queue does
-//!   not show yet; this term spreads new conversations.
+//! * `queued`: predicted uncached tokens of requests routed to the node that
+//!   have not produced their first token (they wait at its prefill gate,
+//!   first in first out, see `prefill_gate.rs`); the first two terms are
+//!   therefore the expected time to first token;
+//! * `uncached`: prompt tokens minus the tokens the node is predicted to
+//!   serve from its cache ([`predicted_cached`]): when the request extends an
+//!   entry of the node exactly (the next turn of a conversation), that
+//!   entry's reported prompt tokens plus the share of its reply the node
+//!   reuses; for a shorter match (a shared system prompt), the matched
+//!   blocks' bytes at the node's measured tokens per byte plus half a block;
+//! * `private`: the part of `uncached` past the prefix many cache entries
+//!   share (a system prompt and tool list). Moving a conversation away from
+//!   the node holding it re-prefills its private history: work every request
+//!   queued behind it waits for too, so it weighs `1 + work_penalty`;
+//! * `evicted`: when the node's prompt cache is full and its least recently
+//!   used entry is still in use, that conversation's private tokens;
+//! * `active`: the node's conversations used within `active_window`;
+//!   `warm_turn`: the measured uncached tokens of a follow-up turn. Each
+//!   active conversation will soon queue such a turn at the node, so this
+//!   term spreads *new* conversations over the nodes. It is left out (0 on
+//!   every node) for a request that continues a conversation some node
+//!   holds past the shared prefix: that conversation moves only when the
+//!   work queued now at its node outweighs re-prefilling its history.
 //!
-//! The lowest cost wins. Nodes within `max(tie_abs_seconds, tie_relative ×
-//! best)` of the best are tied; a tie goes to the session's node when it is
-//! among them, otherwise to the highest rendezvous hash of `(key block, node
-//! id)`, where the key block is the hash of the first `rendezvous_blocks`
-//! blocks past the winner's cached prefix. Cold prompts with the same system
-//! prompt therefore land on the same node, and independent gateway replicas
-//! make the same choice without talking.
+//! Every term is work in tokens divided by the node's rate: the same
+//! defaults hold for a tiny model on a CPU and a 70B model on an M2 Ultra.
+//!
+//! The lowest cost wins. Nodes within `max(tie_relative × best,
+//! tie_tokens / r)` of it are tied; a tie goes to the session's node when it
+//! is among them, otherwise to the highest rendezvous hash of `(key block,
+//! node id)`, where the key block is the block `rendezvous_blocks` past the
+//! winner's cached prefix. Cold prompts with the same system prompt
+//! therefore land on the same node, and independent gateway replicas make
+//! the same choice without talking.
 //!
 //! Up to `full_scan_limit` candidates every node is evaluated. Above it only
 //! the nodes holding a prefix (from the block index) plus `sample_candidates`
 //! nodes chosen by hashing the prompt's first blocks are, so a decision costs
 //! O(index lookups + holders), not O(nodes).
+
+use std::sync::atomic::Ordering;
 
 use cluster_types::fingerprint::xxh64;
 use cluster_types::{NodeId, RoutingContext, RoutingReason};
@@ -77,8 +89,13 @@ pub(crate) struct Prompt<'a> {
     pub(crate) chain: &'a [u64],
     /// Every block hash including a partial tail (rendezvous keys).
     pub(crate) blocks: &'a [u64],
-    /// Estimated prompt tokens (≥ 1).
-    pub(crate) tokens: u64,
+    /// Bytes of canonical prompt (≥ 1).
+    pub(crate) bytes: u64,
+    /// Bytes per fingerprint block.
+    pub(crate) block_bytes: u64,
+    /// Tokens per byte when the node has not reported any yet: the
+    /// request's own estimate, else `1 / bytes_per_token`.
+    pub(crate) fallback_tpb: f64,
     /// Cache entries used since this instant count as active conversations.
     pub(crate) active_since: std::time::Instant,
 }
@@ -90,26 +107,44 @@ impl<'a> Prompt<'a> {
         active_since: std::time::Instant,
     ) -> Self {
         let fp = &ctx.fingerprint;
-        let tokens = if ctx.prompt_tokens_estimate > 0 {
-            u64::from(ctx.prompt_tokens_estimate)
+        let bytes = fp.total_bytes().max(1);
+        let fallback_tpb = if ctx.prompt_tokens_estimate > 0 {
+            f(u64::from(ctx.prompt_tokens_estimate)) / f(bytes)
         } else {
-            fp.total_bytes() / bytes_per_token.max(1)
+            1.0 / f(bytes_per_token.max(1))
         };
         Self {
             ctx,
             chain: fp.full_blocks(),
             blocks: fp.blocks(),
-            tokens: tokens.max(1),
+            bytes,
+            block_bytes: u64::from(fp.block_bytes().max(1)),
+            fallback_tpb,
             active_since,
         }
     }
 
-    /// Tokens not covered by `matched` cached blocks.
-    pub(crate) fn uncached(&self, matched: usize) -> u64 {
-        let total = self.blocks.len().max(1);
-        let matched = matched.min(total);
-        let t = u128::from(self.tokens) * (total - matched) as u128 / total as u128;
-        u64::try_from(t).unwrap_or(u64::MAX)
+    /// Tokens per byte of prompt on `node`: measured, else the fallback.
+    pub(crate) fn tpb(&self, node: &SnapNode) -> f64 {
+        let learned = node.live.tokens_per_byte.load();
+        if learned > 0.0 {
+            learned
+        } else {
+            self.fallback_tpb
+        }
+    }
+
+    /// The prompt's tokens on `node` (≥ 1).
+    pub(crate) fn tokens(&self, node: &SnapNode) -> u64 {
+        to_tokens(f(self.bytes) * self.tpb(node)).max(1)
+    }
+
+    /// Tokens of the first `blocks` full blocks on `node`.
+    pub(crate) fn tokens_of_blocks(&self, node: &SnapNode, blocks: usize) -> u64 {
+        let bytes = (blocks as u64)
+            .saturating_mul(self.block_bytes)
+            .min(self.bytes);
+        to_tokens(f(bytes) * self.tpb(node))
     }
 
     /// Rendezvous key: the hash of the block `k` blocks past `from`.
@@ -127,6 +162,44 @@ impl<'a> Prompt<'a> {
     }
 }
 
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn to_tokens(x: f64) -> u64 {
+    if x.is_finite() && x > 0.0 {
+        x.round() as u64
+    } else {
+        0
+    }
+}
+
+/// Prompt tokens `node` is predicted to serve from its cache for `prompt`,
+/// given that its longest cached prefix is `matched` blocks (see the
+/// [module docs](self)); at most the prompt's tokens − 1 (a server always
+/// recomputes the last prompt token).
+pub(crate) fn predicted_cached(
+    model: &CacheModel,
+    node: &SnapNode,
+    prompt: &Prompt<'_>,
+    matched: usize,
+) -> u64 {
+    if matched == 0 {
+        return 0;
+    }
+    let total = prompt.tokens(node);
+    let cached = match model.held(node.live.cache_slot, prompt.chain, matched) {
+        Some(held) => {
+            let reuse = node.live.reply_reuse.load().clamp(0.0, 1.0);
+            (held.tokens - held.reply) + to_tokens(f(held.reply) * reuse)
+        }
+        None => {
+            // The common text runs on into the next block: half a block on
+            // average.
+            let half = to_tokens(f(prompt.block_bytes) * prompt.tpb(node) / 2.0);
+            prompt.tokens_of_blocks(node, matched) + half
+        }
+    };
+    cached.min(total.saturating_sub(1))
+}
+
 /// Rendezvous (highest random weight) score of a node for a key.
 pub(crate) fn rendezvous(key: u64, id_hash: u64) -> u64 {
     let mut buf = [0u8; 16];
@@ -135,7 +208,7 @@ pub(crate) fn rendezvous(key: u64, id_hash: u64) -> u64 {
     xxh64(&buf, 0x7265_6e64)
 }
 
-/// The node's prefill rate in tokens/s: learned, else the default scaled by
+/// The node's prefill rate in tokens/s: measured, else the default scaled by
 /// the node's weight.
 pub(crate) fn rate(node: &SnapNode, cost: &CostParams) -> f64 {
     let learned = node.live.prefill_rate.load();
@@ -146,7 +219,8 @@ pub(crate) fn rate(node: &SnapNode, cost: &CostParams) -> f64 {
     }
 }
 
-/// What the cost of one node depends on besides its live counters.
+/// What the cost of one node depends on besides its live counters, in
+/// tokens.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Work {
     /// Prompt tokens the node would have to prefill.
@@ -155,41 +229,33 @@ pub(crate) struct Work {
     pub(crate) private: u64,
     /// Tokens of an active conversation this request would evict.
     pub(crate) evicted: u64,
-    /// Conversations active on the node.
+    /// Conversations active on the node (0 when the request continues a
+    /// conversation).
     pub(crate) active: usize,
+    /// Uncached tokens of a typical follow-up turn (measured; 0 = unknown).
+    pub(crate) warm_turn: f64,
 }
 
 /// The cost in seconds of sending the request to `node` (module docs).
 pub(crate) fn estimate(node: &SnapNode, work: Work, cost: &CostParams) -> f64 {
-    let r = rate(node, cost);
-    let default_rate = cost.default_prefill_tokens_per_second.max(1e-3);
-    let outstanding = f(node
-        .live
-        .outstanding_prefill
-        .load(std::sync::atomic::Ordering::Relaxed));
-    let in_flight = node.live.in_flight();
-    let decode = match node.live.decode_seconds.load() {
-        d if d > 0.0 => d,
-        _ => cost.default_decode_seconds,
-    };
-    let over = (in_flight + 1).saturating_sub(u64::from(cost.node_concurrency.max(1)));
-    (f(work.uncached)
+    let queued = f(node.live.outstanding_prefill.load(Ordering::Relaxed));
+    let tokens = queued
+        + f(work.uncached)
         + cost.work_penalty.max(0.0) * f(work.private)
         + cost.eviction_penalty.max(0.0) * f(work.evicted)
-        + outstanding)
-        / r
-        + f(in_flight) * cost.per_request_seconds
-        + f(over) * decode
-        + cost.active_conversation_seconds * f(work.active as u64) * default_rate / r
+        + cost.balance.max(0.0) * f(work.active as u64) * work.warm_turn.max(0.0);
+    tokens / rate(node, cost)
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Eval {
     index: u32,
     matched: usize,
+    cached: u64,
     uncached: u64,
     est: f64,
     id_hash: u64,
+    tie_floor: f64,
 }
 
 /// Scratch space reused between decisions (held by the router).
@@ -200,13 +266,15 @@ pub(crate) struct Scratch {
 }
 
 /// Chooses a node (see the [module docs](self)). `prefer` is the snapshot
-/// index of the session's node, if any.
+/// index of the session's node, if any; `warm_turn` the measured uncached
+/// tokens of a follow-up turn (0 = not measured yet).
 pub(crate) fn choose(
     c: &Candidates<'_>,
     prompt: &Prompt<'_>,
     knowledge: Knowledge<'_>,
     cost: &CostParams,
     prefer: Option<u32>,
+    warm_turn: f64,
     scratch: &mut Scratch,
 ) -> Option<Pick> {
     let (model, oracle) = match knowledge {
@@ -215,35 +283,55 @@ pub(crate) fn choose(
     };
     let shared = model.shared_prefix(prompt.chain, 2);
     let since = prompt.active_since;
-    let work_for = |node: &SnapNode, uncached: u64, matched: usize| Work {
-        uncached,
-        private: uncached.min(prompt.uncached(matched.max(shared))),
-        evicted: model.eviction_tokens(node.live.cache_slot, prompt.chain, since),
-        active: model.active_entries(node.live.cache_slot, since),
-    };
     let n = c.len();
     if n == 0 {
         return None;
     }
+    // Does some node hold this conversation past the shared prefix?
+    model.longest_matches(prompt.chain, &mut scratch.matches);
+    let continuing = scratch.matches.iter().any(|&(_, m)| m > shared);
+    let eval = |i: u32, node: &SnapNode, matched: usize, cached: u64| {
+        let total = prompt.tokens(node);
+        let uncached = total.saturating_sub(cached);
+        let shared_tokens = prompt.tokens_of_blocks(node, shared);
+        let slot = node.live.cache_slot;
+        let active = if continuing {
+            0
+        } else {
+            model.active_entries(slot, since)
+        };
+        let work = Work {
+            uncached,
+            private: uncached.min(total.saturating_sub(shared_tokens)),
+            evicted: model.eviction_tokens(slot, prompt.chain, since),
+            active,
+            warm_turn,
+        };
+        let r = rate(node, cost);
+        Eval {
+            index: i,
+            matched,
+            cached,
+            uncached,
+            est: estimate(node, work, cost),
+            id_hash: node.id_hash,
+            tie_floor: cost.tie_tokens.max(0.0) / r,
+        }
+    };
     scratch.evals.clear();
     let evals = &mut scratch.evals;
     match oracle {
         Some(oracle) => {
             for k in c.allowed_positions() {
                 let node = c.node(k);
-                let cached = oracle.cached_tokens(&node.entry.spec.id, prompt.ctx);
-                let uncached = prompt.tokens.saturating_sub(cached);
-                evals.push(Eval {
-                    index: c.index(k),
-                    matched: 0,
-                    uncached,
-                    est: estimate(node, work_for(node, uncached, 0), cost),
-                    id_hash: node.id_hash,
-                });
+                let cached = oracle
+                    .cached_tokens(&node.entry.spec.id, prompt.ctx)
+                    .min(prompt.tokens(node).saturating_sub(1));
+                let matched = model.matched_blocks(node.live.cache_slot, prompt.chain);
+                evals.push(eval(c.index(k), node, matched, cached));
             }
         }
         None => {
-            model.longest_matches(prompt.chain, &mut scratch.matches);
             let matches = &scratch.matches;
             let matched_of = |node: &SnapNode| {
                 matches
@@ -253,14 +341,8 @@ pub(crate) fn choose(
             };
             let push = |evals: &mut Vec<Eval>, i: u32, matched: usize| {
                 let node = c.snap.node(i);
-                let uncached = prompt.uncached(matched);
-                evals.push(Eval {
-                    index: i,
-                    matched,
-                    uncached,
-                    est: estimate(node, work_for(node, uncached, matched), cost),
-                    id_hash: node.id_hash,
-                });
+                let cached = predicted_cached(model, node, prompt, matched);
+                evals.push(eval(i, node, matched, cached));
             };
             if n <= cost.full_scan_limit {
                 for k in c.allowed_positions() {
@@ -305,7 +387,7 @@ pub(crate) fn choose(
         .iter()
         .copied()
         .min_by(|a, b| a.est.total_cmp(&b.est))?;
-    let eps = cost.tie_abs_seconds.max(cost.tie_relative * best.est);
+    let eps = best.tie_floor.max(cost.tie_relative * best.est);
     let tied = |e: &Eval| e.est <= best.est + eps;
     let n_tied = evals.iter().filter(|e| tied(e)).count();
     let winner =
@@ -319,22 +401,21 @@ pub(crate) fn choose(
                 .max_by_key(|e| rendezvous(key, e.id_hash))
                 .copied()
                 .unwrap_or(best);
-            let reason = if w.matched > 0 {
+            let reason = if w.cached > 0 {
                 RoutingReason::CacheHit
             } else {
                 RoutingReason::Rendezvous
             };
             (w, reason)
-        } else if best.matched > 0 || (best.uncached < prompt.tokens && oracle.is_some()) {
+        } else if best.cached > 0 {
             (best, RoutingReason::CacheHit)
         } else {
             (best, RoutingReason::LeastLoaded)
         };
     let (w, reason) = winner;
+    let total = w.cached + w.uncached;
     let confidence = match reason {
-        RoutingReason::CacheHit | RoutingReason::SessionAffinity => {
-            1.0 - f(w.uncached) / f(prompt.tokens)
-        }
+        RoutingReason::CacheHit | RoutingReason::SessionAffinity => f(w.cached) / f(total.max(1)),
         RoutingReason::Rendezvous => 1.0 / f(n_tied as u64),
         _ => {
             let second = evals
@@ -351,6 +432,8 @@ pub(crate) fn choose(
         confidence,
         cached_blocks: w.matched,
         uncached_tokens: w.uncached,
+        predicted_cached: Some(w.cached),
+        cost: Some(w.est),
     })
 }
 
@@ -358,20 +441,24 @@ pub(crate) fn choose(
 mod tests {
     use std::sync::Arc;
     use std::sync::atomic::Ordering;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use super::super::testutil::{healthy, snapshot};
     use super::*;
     use crate::cache_model::CacheModelParams;
     use crate::live::Epoch;
+    use crate::snapshot::ClusterSnapshot;
     use cluster_metrics::{Clock, ManualClock};
     use cluster_types::{PrefixFingerprint, SegmentKind};
 
-    fn ctx(system: &str, user: &str) -> RoutingContext {
+    /// A chat prompt with one token per 4 bytes.
+    fn ctx(system: &str, messages: &[(&'static str, &str)]) -> RoutingContext {
         let mut b = PrefixFingerprint::builder(256);
         b.push_segment(SegmentKind::Model, "m")
-            .push_segment(SegmentKind::System, system)
-            .push_segment(SegmentKind::Message { role: "user" }, user);
+            .push_segment(SegmentKind::System, system);
+        for (role, text) in messages {
+            b.push_segment(SegmentKind::Message { role }, text);
+        }
         let fingerprint = b.finish();
         let tokens = u32::try_from(fingerprint.total_bytes() / 4).unwrap();
         RoutingContext {
@@ -385,9 +472,10 @@ mod tests {
         clock: ManualClock,
         epoch: Epoch,
         model: CacheModel,
+        snap: ClusterSnapshot,
     }
 
-    fn setup(n: usize) -> (Setup, crate::snapshot::ClusterSnapshot) {
+    fn setup(n: usize) -> Setup {
         let clock = ManualClock::new();
         let epoch = Epoch::new(clock.now());
         let mut model = CacheModel::new(CacheModelParams::default());
@@ -395,117 +483,145 @@ mod tests {
             model.add_node();
         }
         let snap = snapshot(&clock, &vec![1; n]);
-        (
-            Setup {
-                clock,
-                epoch,
-                model,
-            },
+        Setup {
+            clock,
+            epoch,
+            model,
             snap,
-        )
+        }
     }
 
-    fn insert(s: &mut Setup, slot: u32, c: &RoutingContext) {
-        let chain: Arc<[u64]> = c.fingerprint.full_blocks().into();
-        s.model.insert(
-            slot,
-            chain,
-            u64::from(c.prompt_tokens_estimate),
-            Instant::now(),
+    impl Setup {
+        /// `c` was sent to node `slot` and answered (prompt tokens as
+        /// estimated, `reply` tokens generated).
+        fn served(&mut self, slot: u32, c: &RoutingContext, reply: u64) {
+            let chain: Arc<[u64]> = c.fingerprint.full_blocks().into();
+            let tokens = u64::from(c.prompt_tokens_estimate);
+            let ins = self
+                .model
+                .insert(slot, Arc::clone(&chain), tokens, self.clock.now())
+                .unwrap();
+            self.model
+                .confirm(slot, Some(ins.id), &chain, None, tokens, reply);
+        }
+
+        fn pick_with(
+            &self,
+            c: &RoutingContext,
+            cost: &CostParams,
+            prefer: Option<u32>,
+            warm: f64,
+        ) -> Pick {
+            let none = vec![];
+            let cands = healthy(&self.snap, &none, self.epoch, &self.clock);
+            let since = self.clock.now() - Duration::from_secs(120);
+            let p = Prompt::new(c, 4, since);
+            choose(
+                &cands,
+                &p,
+                Knowledge::Model(&self.model),
+                cost,
+                prefer,
+                warm,
+                &mut Scratch::default(),
+            )
+            .unwrap()
+        }
+
+        fn pick(&self, c: &RoutingContext) -> Pick {
+            self.pick_with(c, &CostParams::default(), None, 0.0)
+        }
+    }
+
+    #[test]
+    fn next_turn_goes_to_the_conversation_and_predicts_prompt_plus_reply() {
+        let mut s = setup(4);
+        let sys = "You are a coding agent. ".repeat(400); // ~9.6 KB
+        let turn1 = ctx(&sys, &[("user", "fix the bug")]);
+        s.served(2, &turn1, 40);
+        let reply = "x".repeat(160);
+        let turn2 = ctx(
+            &sys,
+            &[
+                ("user", "fix the bug"),
+                ("assistant", &reply),
+                ("user", "and add tests"),
+            ],
+        );
+        let pick = s.pick(&turn2);
+        assert_eq!(pick.index, 2);
+        assert_eq!(pick.reason, RoutingReason::CacheHit);
+        // The node holds turn 1's prompt and its reply.
+        let expected = u64::from(turn1.prompt_tokens_estimate) + 40;
+        assert_eq!(pick.predicted_cached, Some(expected));
+        assert!(pick.uncached_tokens < 100, "{}", pick.uncached_tokens);
+        assert!(pick.confidence > 0.9);
+        // A node that re-tokenizes replies differently reuses none of them.
+        s.snap.node(2).live.reply_reuse.store(0.0);
+        assert_eq!(
+            s.pick(&turn2).predicted_cached,
+            Some(u64::from(turn1.prompt_tokens_estimate))
         );
     }
 
     #[test]
-    fn prefers_the_node_holding_the_prefix() {
-        let (mut s, snap) = setup(4);
-        let sys = "You are a coding agent. ".repeat(400); // ~9.6 KB
-        let turn1 = ctx(&sys, "fix the bug");
-        insert(&mut s, 2, &turn1);
-        let turn2 = ctx(&sys, "fix the bug please, and add tests");
-        let none = vec![];
-        let c = healthy(&snap, &none, s.epoch, &s.clock);
-        let p = Prompt::new(&turn2, 4, Instant::now());
-        let pick = choose(
-            &c,
-            &p,
-            Knowledge::Model(&s.model),
-            &CostParams::default(),
-            None,
-            &mut Scratch::default(),
-        )
-        .unwrap();
-        assert_eq!(pick.index, 2);
-        assert_eq!(pick.reason, RoutingReason::CacheHit);
-        assert!(pick.cached_blocks > 30);
-        assert!(pick.uncached_tokens < p.tokens / 10);
-        assert!(pick.confidence > 0.9);
+    fn a_shared_system_prompt_predicts_its_blocks_plus_half_a_block() {
+        let mut s = setup(2);
+        let sys = "S".repeat(4096); // 16 blocks with the model segment
+        s.served(
+            1,
+            &ctx(&sys, &[("user", &"one conversation ".repeat(60))]),
+            10,
+        );
+        let other = ctx(&sys, &[("user", &"a different one ".repeat(60))]);
+        let pick = s.pick(&other);
+        assert_eq!(pick.index, 1);
+        let p = Prompt::new(&other, 4, s.clock.now());
+        let node = s.snap.node(1);
+        let blocks = pick.cached_blocks;
+        assert_eq!(blocks, 16);
+        assert_eq!(
+            pick.predicted_cached,
+            Some(p.tokens_of_blocks(node, blocks) + 32)
+        );
     }
 
     #[test]
     fn cold_prompts_rendezvous_per_system_prompt() {
-        let (s, snap) = setup(8);
-        let none = vec![];
-        let c = healthy(&snap, &none, s.epoch, &s.clock);
+        let s = setup(8);
         let sys_a = "System prompt A. ".repeat(300);
         let sys_b = "Another system prompt B! ".repeat(300);
-        let mut scratch = Scratch::default();
-        let pick = |ctx: &RoutingContext, scratch: &mut Scratch| {
-            choose(
-                &c,
-                &Prompt::new(ctx, 4, Instant::now()),
-                Knowledge::Model(&s.model),
-                &CostParams::default(),
-                None,
-                scratch,
-            )
-            .unwrap()
-        };
-        let a1 = pick(&ctx(&sys_a, "q1"), &mut scratch);
-        let a2 = pick(&ctx(&sys_a, "another question entirely"), &mut scratch);
+        let a1 = s.pick(&ctx(&sys_a, &[("user", "q1")]));
+        let a2 = s.pick(&ctx(&sys_a, &[("user", "another question entirely")]));
         assert_eq!(a1.reason, RoutingReason::Rendezvous);
         assert_eq!(a1.index, a2.index);
-        // Different system prompts spread (for these two, different nodes).
-        let b1 = pick(&ctx(&sys_b, "q1"), &mut scratch);
+        let b1 = s.pick(&ctx(&sys_b, &[("user", "q1")]));
         assert_ne!(a1.index, b1.index);
         assert!((a1.confidence - 1.0 / 8.0).abs() < 1e-9);
+        assert_eq!(a1.predicted_cached, Some(0));
     }
 
     #[test]
-    fn spills_when_queued_work_outweighs_the_saved_prefill() {
-        let (mut s, snap) = setup(2);
+    fn waits_behind_a_short_queue_and_spills_past_a_long_one() {
+        let mut s = setup(2);
         let sys = "S".repeat(40_000); // 10k tokens
-        let req = ctx(&sys, "hello");
-        insert(&mut s, 0, &req);
-        let none = vec![];
-        let c = healthy(&snap, &none, s.epoch, &s.clock);
-        let p = Prompt::new(&req, 4, Instant::now());
-        let cost = CostParams::default();
-        let go = |s: &Setup| {
-            choose(
-                &c,
-                &p,
-                Knowledge::Model(&s.model),
-                &cost,
-                None,
-                &mut Scratch::default(),
-            )
-            .unwrap()
+        let req = ctx(&sys, &[("user", "hello")]);
+        s.served(0, &req, 0);
+        assert_eq!(s.pick(&req).index, 0);
+        let queue = |tokens: u64| {
+            s.snap
+                .node(0)
+                .live
+                .outstanding_prefill
+                .store(tokens, Ordering::Relaxed);
         };
-        assert_eq!(go(&s).index, 0);
-        // 5k tokens queued on n0: still worth waiting (3.3 s < 6.7 s cold).
-        snap.node(0)
-            .live
-            .outstanding_prefill
-            .store(5_000, Ordering::Relaxed);
-        assert_eq!(go(&s).index, 0);
-        // The prompt is private to n0 (one entry holds it), so moving it
-        // costs (1 + work_penalty) × 6.7 s = 13.3 s: 20k queued (13.3 s) is a
-        // tie, 30k queued (20 s) spills.
-        snap.node(0)
-            .live
-            .outstanding_prefill
-            .store(30_000, Ordering::Relaxed);
-        let pick = go(&s);
+        // 5k tokens queued on n0: cheaper than 10k cold tokens on n1.
+        queue(5_000);
+        assert_eq!(s.pick(&req).index, 0);
+        // The prompt is private to n0 (one entry holds it): moving it costs
+        // (1 + work_penalty) × 10k tokens. 30k queued spills.
+        queue(30_000);
+        let pick = s.pick(&req);
         assert_eq!(pick.index, 1);
         assert_eq!(pick.reason, RoutingReason::LeastLoaded);
         assert_eq!(pick.cached_blocks, 0);
@@ -513,55 +629,57 @@ mod tests {
     }
 
     #[test]
-    fn learned_rates_and_session_preference() {
-        let (s, snap) = setup(3);
-        let none = vec![];
-        let c = healthy(&snap, &none, s.epoch, &s.clock);
-        let req = ctx(&"x".repeat(8000), "q");
-        let p = Prompt::new(&req, 4, Instant::now());
-        // n1 is three times faster: it wins a cold prompt outright.
-        snap.node(1).live.prefill_rate.store(4500.0);
-        let pick = choose(
-            &c,
-            &p,
-            Knowledge::Model(&s.model),
-            &CostParams::default(),
-            None,
-            &mut Scratch::default(),
-        )
-        .unwrap();
+    fn active_conversations_spread_new_ones() {
+        let mut s = setup(2);
+        let sys = "Shared system prompt. ".repeat(200);
+        // Three conversations live on n0, which also holds the system prompt.
+        let task = |k: usize| format!("conversation {k}: ").repeat(60);
+        for k in 0..3 {
+            s.served(0, &ctx(&sys, &[("user", &task(k))]), 20);
+        }
+        let new = ctx(&sys, &[("user", &task(7))]);
+        // Without a measured follow-up turn size: the cached prompt wins.
+        assert_eq!(s.pick(&new).index, 0);
+        // Follow-up turns of 800 tokens: three of them queued soon outweigh
+        // the ~1.1k-token system prompt.
+        let pick = s.pick_with(&new, &CostParams::default(), None, 800.0);
         assert_eq!(pick.index, 1);
+        // A conversation that lives on n0 stays there: its queue is empty.
+        let own = ctx(
+            &sys,
+            &[("user", &task(0)), ("assistant", "ok"), ("user", "go on")],
+        );
+        assert_eq!(
+            s.pick_with(&own, &CostParams::default(), None, 800.0).index,
+            0
+        );
+        // Without the balance term the new one stays with the cache.
+        let no_balance = CostParams {
+            balance: 0.0,
+            ..CostParams::default()
+        };
+        assert_eq!(s.pick_with(&new, &no_balance, None, 800.0).index, 0);
+    }
+
+    #[test]
+    fn measured_rates_and_session_preference() {
+        let s = setup(3);
+        let req = ctx(&"x".repeat(8000), &[("user", "q")]);
+        // n1 is three times faster: it wins a cold prompt outright.
+        s.snap.node(1).live.prefill_rate.store(4500.0);
+        assert_eq!(s.pick(&req).index, 1);
         // Equal nodes: the session's node wins the tie.
-        snap.node(1).live.prefill_rate.store(0.0);
-        let pick = choose(
-            &c,
-            &p,
-            Knowledge::Model(&s.model),
-            &CostParams::default(),
-            Some(2),
-            &mut Scratch::default(),
-        )
-        .unwrap();
+        s.snap.node(1).live.prefill_rate.store(0.0);
+        let pick = s.pick_with(&req, &CostParams::default(), Some(2), 0.0);
         assert_eq!(
             (pick.index, pick.reason),
             (2, RoutingReason::SessionAffinity)
         );
-        // In-flight requests beyond the node's concurrency add decode waits.
-        let cost = CostParams {
-            node_concurrency: 1,
-            ..CostParams::default()
-        };
-        let _g = snap.node(2).live.hold();
-        let pick = choose(
-            &c,
-            &p,
-            Knowledge::Model(&s.model),
-            &cost,
-            Some(2),
-            &mut Scratch::default(),
-        )
-        .unwrap();
-        assert_ne!(pick.index, 2);
+        // Measured tokens per byte change the token count.
+        let p = Prompt::new(&req, 4, Instant::now());
+        let before = p.tokens(s.snap.node(0));
+        s.snap.node(0).live.tokens_per_byte.store(0.5);
+        assert!(p.tokens(s.snap.node(0)).abs_diff(before * 2) <= 1);
     }
 
     #[derive(Debug)]
@@ -578,10 +696,10 @@ mod tests {
 
     #[test]
     fn oracle_knowledge() {
-        let (s, snap) = setup(3);
+        let s = setup(3);
         let none = vec![];
-        let c = healthy(&snap, &none, s.epoch, &s.clock);
-        let req = ctx(&"y".repeat(8000), "q");
+        let c = healthy(&s.snap, &none, s.epoch, &s.clock);
+        let req = ctx(&"y".repeat(8000), &[("user", "q")]);
         let p = Prompt::new(&req, 4, Instant::now());
         let pick = choose(
             &c,
@@ -589,6 +707,7 @@ mod tests {
             Knowledge::Oracle(&s.model, &Truth),
             &CostParams::default(),
             None,
+            0.0,
             &mut Scratch::default(),
         )
         .unwrap();
@@ -598,74 +717,56 @@ mod tests {
 
     #[test]
     fn large_clusters_evaluate_holders_plus_samples() {
-        let (mut s, snap) = setup(500);
-        let none = vec![];
-        let c = healthy(&snap, &none, s.epoch, &s.clock);
+        let mut s = setup(500);
         let sys = "Z".repeat(20_000);
-        let req = ctx(&sys, "q");
-        insert(&mut s, 321, &req);
+        let req = ctx(&sys, &[("user", "q")]);
+        s.served(321, &req, 0);
+        let none = vec![];
+        let c = healthy(&s.snap, &none, s.epoch, &s.clock);
         let p = Prompt::new(&req, 4, Instant::now());
         let mut scratch = Scratch::default();
-        let pick = choose(
-            &c,
-            &p,
-            Knowledge::Model(&s.model),
-            &CostParams::default(),
-            None,
-            &mut scratch,
-        )
-        .unwrap();
+        let go = |c: &Candidates<'_>, p: &Prompt<'_>, scratch: &mut Scratch| {
+            choose(
+                c,
+                p,
+                Knowledge::Model(&s.model),
+                &CostParams::default(),
+                None,
+                0.0,
+                scratch,
+            )
+            .unwrap()
+        };
+        let pick = go(&c, &p, &mut scratch);
         // Snapshot indices follow id order ("n0", "n1", "n10", ...), not slots.
-        let holder = snap.index_of_slot(321).unwrap();
+        let holder = s.snap.index_of_slot(321).unwrap();
         assert_eq!(pick.index, holder);
         assert!(scratch.evals.len() <= 1 + CostParams::default().sample_candidates);
         // A cold prompt picks deterministically among a few sampled nodes.
-        let cold = ctx(&"W".repeat(20_000), "q");
+        let cold = ctx(&"W".repeat(20_000), &[("user", "q")]);
         let pc = Prompt::new(&cold, 4, Instant::now());
-        let a = choose(
-            &c,
-            &pc,
-            Knowledge::Model(&s.model),
-            &CostParams::default(),
-            None,
-            &mut scratch,
-        )
-        .unwrap();
-        let b = choose(
-            &c,
-            &pc,
-            Knowledge::Model(&s.model),
-            &CostParams::default(),
-            None,
-            &mut scratch,
-        )
-        .unwrap();
-        assert_eq!(a.index, b.index);
+        assert_eq!(
+            go(&c, &pc, &mut scratch).index,
+            go(&c, &pc, &mut scratch).index
+        );
         // Excluding the holder falls back to the sampled nodes.
         let ex = vec![NodeId::from("n321")];
-        let c2 = healthy(&snap, &ex, s.epoch, &s.clock);
-        let q = choose(
-            &c2,
-            &p,
-            Knowledge::Model(&s.model),
-            &CostParams::default(),
-            None,
-            &mut scratch,
-        )
-        .unwrap();
-        assert_ne!(q.index, holder);
+        let c2 = healthy(&s.snap, &ex, s.epoch, &s.clock);
+        assert_ne!(go(&c2, &p, &mut scratch).index, holder);
     }
 
     #[test]
     fn prompt_token_arithmetic() {
-        let req = ctx(&"a".repeat(1000), "b");
+        let s = setup(1);
+        let node = s.snap.node(0);
+        let req = ctx(&"a".repeat(1000), &[("user", "b")]);
         let p = Prompt::new(&req, 4, Instant::now());
-        assert_eq!(p.uncached(0), p.tokens);
-        assert_eq!(p.uncached(p.blocks.len()), 0);
-        assert_eq!(p.uncached(usize::MAX), 0);
+        assert_eq!(p.tokens(node), u64::from(req.prompt_tokens_estimate));
+        assert_eq!(p.tokens_of_blocks(node, 0), 0);
+        assert_eq!(p.tokens_of_blocks(node, usize::MAX), p.tokens(node));
         let empty = RoutingContext::default();
         let pe = Prompt::new(&empty, 4, Instant::now());
-        assert_eq!(pe.tokens, 1);
+        assert_eq!(pe.tokens(node), 1);
         assert_eq!(pe.key(0, 8), 0);
         let named = RoutingContext {
             model: Some("m".into()),
@@ -673,5 +774,7 @@ mod tests {
         };
         assert_ne!(Prompt::new(&named, 4, Instant::now()).key(0, 8), 0);
         assert_ne!(rendezvous(1, 2), rendezvous(2, 1));
+        assert_eq!(to_tokens(f64::NAN), 0);
+        assert_eq!(to_tokens(-1.0), 0);
     }
 }

@@ -90,6 +90,11 @@ pub(crate) struct Pick {
     pub(crate) cached_blocks: usize,
     /// Prompt tokens believed not cached on the node.
     pub(crate) uncached_tokens: u64,
+    /// Prompt tokens the node is predicted to serve from its cache
+    /// (cache-aware strategies; `None` for the others).
+    pub(crate) predicted_cached: Option<u64>,
+    /// The strategy's cost of the winner, seconds (cache-aware only).
+    pub(crate) cost: Option<f64>,
 }
 
 impl Pick {
@@ -100,6 +105,8 @@ impl Pick {
             confidence,
             cached_blocks: 0,
             uncached_tokens: 0,
+            predicted_cached: None,
+            cost: None,
         }
     }
 }
