@@ -108,22 +108,17 @@ pub fn demo_config(urls: &[String], strategy: LoadBalanceStrategy) -> ClusterCon
 }
 
 /// Routing parameters for a cluster whose nodes run `time_scale` times
-/// faster than real Macs. The cost model weighs prefill seconds against
-/// queue seconds; in the demo every wall-clock duration is `time_scale`
-/// simulated seconds, so its rates and durations are converted to wall
-/// clock too — otherwise the learned prefill rate (in wall-clock tokens/s)
-/// saturates its clamp and the fixed per-request and decode seconds drown
-/// the prefill saved by a cache hit.
+/// faster than real Macs. The cost model is work in tokens over each node's
+/// measured rate, so only what is tied to the clock changes: the rate
+/// assumed before the first measurement (in wall-clock tokens/s, else it
+/// would sit at its clamp) and the window in which a conversation counts as
+/// active.
 fn time_scaled_params(config: &ClusterConfig, time_scale: f64) -> RouterParams {
     let mut params = RouterParams::from_config(config);
     let scale = time_scale.max(1.0);
     let cost = &mut params.cost;
     cost.default_prefill_tokens_per_second *= scale;
-    cost.active_conversation_seconds /= scale;
     cost.active_window = cost.active_window.div_f64(scale);
-    cost.per_request_seconds /= scale;
-    cost.default_decode_seconds /= scale;
-    cost.tie_abs_seconds /= scale;
     params
 }
 

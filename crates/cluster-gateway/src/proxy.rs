@@ -40,7 +40,7 @@ use crate::error::{ApiError, codes};
 use crate::gateway::Gateway;
 use crate::metrics::RetryCause;
 use crate::relay::{NoSink, OutcomeSink, RelayBody, RelayFailure, RelayMode, RelayOutcome};
-use crate::request::{ApiKind, ParsedRequest};
+use crate::request::{ApiKind, ParsedRequest, with_include_usage};
 use crate::upstream::{UpstreamError, UpstreamRequest, clean_response_headers, retry_after};
 
 /// Response header naming the node that answered (node ids are not secret).
@@ -140,17 +140,25 @@ async fn proxy(gw: &Arc<Gateway>, api: ApiKind, req: Request) -> Result<Response
     let deadline = request_deadline(gw);
     let (parts, body) = req.into_parts();
     let body = read_request_body(gw, &parts.headers, body).await?;
-    let (ctx, stream) = {
+    let (ctx, stream, add_usage) = {
         let parsed = ParsedRequest::parse(api, &parts.headers, &settings.session_header, &body)?;
         (
             parsed.routing_context(settings.fingerprint_block_bytes),
             parsed.stream,
+            // Every answer should report its token counts (they teach the
+            // router): ask for usage on the client's behalf, hide it again.
+            parsed.stream && !parsed.include_usage && api != ApiKind::Messages,
         )
+    };
+    let (body, strip_usage) = match add_usage.then(|| with_include_usage(&body)).flatten() {
+        Some(rewritten) => (Bytes::from(rewritten), true),
+        None => (body, false),
     };
     let mut plan = SameForEveryNode {
         path: api.path(),
         headers: &parts.headers,
         body,
+        strip_usage,
     };
     forward(gw, &mut plan, ctx, stream, deadline)
         .await
@@ -180,6 +188,12 @@ pub trait AttemptPlan {
     type Mode: Copy;
     /// What to send to `target`.
     fn attempt(&mut self, target: &NodeTarget) -> Attempt<'_, Self::Mode>;
+
+    /// Whether the usage-only chunk is removed from the streamed answer
+    /// (the gateway asked for usage on the client's behalf). Default false.
+    fn strip_usage_chunk(&self) -> bool {
+        false
+    }
 }
 
 /// The client's request, unchanged, to whichever node is chosen.
@@ -189,12 +203,21 @@ pub struct SameForEveryNode<'p> {
     pub path: &'p str,
     /// The client's headers.
     pub headers: &'p HeaderMap,
-    /// The client's body.
+    /// The client's body (with `stream_options.include_usage` added when
+    /// `strip_usage`).
     pub body: Bytes,
+    /// The gateway added `stream_options.include_usage`: remove the usage
+    /// chunk from the stream the client sees.
+    pub strip_usage: bool,
 }
 
 impl AttemptPlan for SameForEveryNode<'_> {
     type Mode = ();
+
+    fn strip_usage_chunk(&self) -> bool {
+        self.strip_usage
+    }
+
     fn attempt(&mut self, _target: &NodeTarget) -> Attempt<'_, ()> {
         Attempt {
             path: self.path,
@@ -226,7 +249,9 @@ enum LastFailure<M> {
 
 /// Routes a request and forwards it, retrying on the next-best node before
 /// the first byte (see the module docs); `plan` says what each attempt
-/// sends. `stream` is only logged.
+/// sends. Each attempt first waits at the chosen node's prefill gate
+/// (`routing.prefill_concurrency`); `stream` says whether the node's answer
+/// is streamed (its first event then opens the gate).
 ///
 /// # Errors
 /// The gateway's own errors when no node answer is relayed: 503 when no
@@ -260,8 +285,28 @@ pub async fn forward<P: AttemptPlan>(
             Err(other) => return Err(ApiError::internal(other.to_string())),
         };
         let node_id = selection.target.node_id.clone();
-        let guard = selection.guard;
+        let mut guard = selection.guard;
         ctx.excluded.push(node_id.clone());
+        // One prefill per node at a time (routing.prefill_concurrency).
+        match deadline {
+            None => guard.admitted(stream).await,
+            Some((at, timeout)) => {
+                if tokio::time::timeout_at(at, guard.admitted(stream))
+                    .await
+                    .is_err()
+                {
+                    guard.finish(RequestOutcome::ClientCancelled);
+                    return Err(ApiError::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "server_error",
+                        codes::UPSTREAM_TIMEOUT,
+                        format!(
+                            "node {node_id} was still busy with earlier prompts when gateway.request_timeout ({timeout:?}) ran out"
+                        ),
+                    ));
+                }
+            }
+        }
         let Attempt {
             path,
             headers,
@@ -302,8 +347,13 @@ pub async fn forward<P: AttemptPlan>(
                 let retryable = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
                 if !retryable {
                     tracing::debug!(node = %node_id, %status, stream, attempt, "forwarded");
+                    let how = RelayHow {
+                        attempts: attempt + 1,
+                        deadline,
+                        strip_usage: plan.strip_usage_chunk(),
+                    };
                     return Ok(Forwarded {
-                        response: relay(gw, response, node_id, attempt + 1, guard, deadline),
+                        response: relay(gw, response, node_id, guard, how),
                         mode,
                     });
                 }
@@ -464,21 +514,35 @@ impl OutcomeSink for GuardSink {
     }
 }
 
+/// How an answer is relayed: attempts so far, the request's deadline and
+/// whether to remove the usage chunk.
+struct RelayHow {
+    attempts: u32,
+    deadline: Option<(tokio::time::Instant, Duration)>,
+    strip_usage: bool,
+}
+
 fn relay(
     gw: &Arc<Gateway>,
     response: Response<Incoming>,
     node: NodeId,
-    attempts: u32,
     guard: RequestGuard,
-    deadline: Option<(tokio::time::Instant, Duration)>,
+    how: RelayHow,
 ) -> Response {
     let idle = gw.settings().idle_timeout;
     let sink = GuardSink {
         guard,
         gateway: Arc::clone(gw),
     };
+    let RelayHow {
+        attempts,
+        deadline,
+        strip_usage,
+    } = how;
     let mut response = relay_parts(response, &node, move |incoming, mode, node| {
-        RelayBody::new(incoming, mode, idle, node, sink).with_deadline(deadline)
+        RelayBody::new(incoming, mode, idle, node, sink)
+            .with_deadline(deadline)
+            .strip_usage_chunk(strip_usage)
     });
     if attempts > 1 {
         response

@@ -29,7 +29,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::{ApiError, codes};
-use crate::sniff::{JsonSniffer, JsonVerdict, SseSniffer, Usage};
+use crate::sniff::{JsonSniffer, JsonVerdict, SseSniffer, Usage, UsageChunkFilter};
 
 /// How a relayed answer ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +170,9 @@ pin_project! {
         // The request's overall deadline and the timeout it came from.
         deadline: Option<(Instant, Duration)>,
         sniffer: Sniffer,
+        // Removes the usage chunk the gateway asked for on the client's
+        // behalf (see `crate::request::with_include_usage`).
+        usage_filter: Option<UsageChunkFilter>,
         sink: SinkSlot<S>,
         first_byte_seen: bool,
         node: String,
@@ -205,6 +208,7 @@ impl<B, S: OutcomeSink> RelayBody<B, S> {
             last_frame: Instant::now(),
             deadline: None,
             sniffer,
+            usage_filter: None,
             sink: SinkSlot(Some(sink)),
             first_byte_seen: false,
             node,
@@ -219,6 +223,15 @@ impl<B, S: OutcomeSink> RelayBody<B, S> {
     #[must_use]
     pub fn with_deadline(mut self, deadline: Option<(Instant, Duration)>) -> Self {
         self.deadline = deadline;
+        self
+    }
+
+    /// Removes the usage-only chunk from a stream (when `strip` and the
+    /// answer is a stream) — its counts still reach the sink. Default: off.
+    #[must_use]
+    pub fn strip_usage_chunk(mut self, strip: bool) -> Self {
+        self.usage_filter =
+            (strip && matches!(self.sniffer, Sniffer::Sse(_))).then(UsageChunkFilter::default);
         self
     }
 }
@@ -313,16 +326,45 @@ where
                     }
                     // A body with a known length is complete with its last
                     // frame; the server may never poll again after it.
-                    if this.inner.is_end_stream() {
+                    let end = this.inner.is_end_stream();
+                    if end {
                         *this.state = if body_complete(this.sniffer, this.sink) {
                             State::TruncatedPending
                         } else {
                             State::Ended
                         };
                     }
+                    let frame = match this.usage_filter.as_mut() {
+                        Some(filter) => match frame.into_data() {
+                            Ok(data) => {
+                                let mut out = filter.filter(&data);
+                                if end {
+                                    let rest = filter.take_rest();
+                                    if !rest.is_empty() {
+                                        out = [out, rest].concat().into();
+                                    }
+                                }
+                                if out.is_empty() {
+                                    // Nothing to send from this frame: poll
+                                    // again rather than send an empty one.
+                                    cx.waker().wake_by_ref();
+                                    return Poll::Pending;
+                                }
+                                Frame::data(out)
+                            }
+                            Err(other) => other,
+                        },
+                        None => frame,
+                    };
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 Poll::Ready(None) => {
+                    if let Some(rest) = this.usage_filter.as_mut().map(UsageChunkFilter::take_rest)
+                        && !rest.is_empty()
+                    {
+                        // A last line without its newline: forward it, end next.
+                        return Poll::Ready(Some(Ok(Frame::data(rest))));
+                    }
                     if !body_complete(this.sniffer, this.sink) {
                         *this.state = State::Ended;
                         return Poll::Ready(None);

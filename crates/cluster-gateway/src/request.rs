@@ -255,6 +255,56 @@ fn without_cache_control(part: &RawValue) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `body` (a JSON object) with `stream_options.include_usage` set to true,
+/// every other member kept in order and byte for byte; `None` when the body
+/// is not a JSON object. The gateway sends this upstream for a streamed
+/// request whose client did not ask for usage, so every answer reports its
+/// token counts (the usage chunk is then removed from what the client sees).
+#[must_use]
+pub fn with_include_usage(body: &[u8]) -> Option<Vec<u8>> {
+    let OrderedObject(members) = serde_json::from_slice(body).ok()?;
+    let mut out = Vec::with_capacity(body.len() + 40);
+    out.push(b'{');
+    let mut wrote_options = false;
+    for (i, (key, value)) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // A key is a plain string: serializing it cannot fail.
+        out.extend_from_slice(serde_json::to_string(key).unwrap_or_default().as_bytes());
+        out.push(b':');
+        if key == "stream_options" {
+            wrote_options = true;
+            push_options_with_usage(&mut out, value);
+        } else {
+            out.extend_from_slice(value.get().as_bytes());
+        }
+    }
+    if !wrote_options {
+        if !members.is_empty() {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#""stream_options":{"include_usage":true}"#);
+    }
+    out.push(b'}');
+    Some(out)
+}
+
+/// `stream_options` with `include_usage: true` (other members kept).
+fn push_options_with_usage(out: &mut Vec<u8>, raw: &RawValue) {
+    let members = serde_json::from_str::<OrderedObject<'_>>(raw.get())
+        .map(|o| o.0)
+        .unwrap_or_default();
+    out.push(b'{');
+    for (key, value) in members.iter().filter(|(k, _)| k != "include_usage") {
+        out.extend_from_slice(serde_json::to_string(key).unwrap_or_default().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(value.get().as_bytes());
+        out.push(b',');
+    }
+    out.extend_from_slice(br#""include_usage":true}"#);
+}
+
 impl<'a> ParsedRequest<'a> {
     /// Parses `body` as a request of `api`, taking the session from the
     /// `session_header` of `headers` when present. Errors are 400s in the
@@ -492,6 +542,31 @@ mod tests {
         assert_eq!(a[..], b[..a.len()]);
         assert_eq!(b.last().unwrap(), "assistant:ok");
         assert_eq!(a[1], "system:S");
+    }
+
+    #[test]
+    fn include_usage_is_added_or_forced_keeping_everything_else() {
+        let add = |b: &str| String::from_utf8(with_include_usage(b.as_bytes()).unwrap()).unwrap();
+        assert_eq!(
+            add(r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#),
+            r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}],"stream_options":{"include_usage":true}}"#
+        );
+        // mlx_lm.server raises KeyError on `{}`: the key is always written.
+        assert_eq!(
+            add(r#"{"stream":true, "stream_options": {}}"#),
+            r#"{"stream":true,"stream_options":{"include_usage":true}}"#
+        );
+        assert_eq!(
+            add(r#"{"stream_options":{"include_usage":false,"x":1},"stream":true}"#),
+            r#"{"stream_options":{"x":1,"include_usage":true},"stream":true}"#
+        );
+        assert_eq!(add("{}"), r#"{"stream_options":{"include_usage":true}}"#);
+        let parsed: serde_json::Value =
+            serde_json::from_str(&add(r#"{"a":"\u00e9\n","stream_options":null}"#)).unwrap();
+        assert_eq!(parsed["a"], "\u{e9}\n");
+        assert_eq!(parsed["stream_options"]["include_usage"], true);
+        assert!(with_include_usage(b"[1]").is_none());
+        assert!(with_include_usage(b"{").is_none());
     }
 
     #[test]

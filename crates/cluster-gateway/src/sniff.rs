@@ -250,6 +250,78 @@ impl SseSniffer {
     }
 }
 
+/// Removes the usage-only chunk (`"choices": []` with a `usage`) from an
+/// OpenAI stream, for clients that did not ask for usage when the gateway
+/// asked the node for it (`stream_options.include_usage`).
+///
+/// Frames pass through untouched (no copy) unless they hold such a chunk or
+/// end inside a line; then complete lines are copied out and a partial last
+/// line waits for the next frame. Default: nothing held.
+#[derive(Debug, Default)]
+pub struct UsageChunkFilter {
+    /// The start of a line whose end has not arrived yet.
+    carry: BytesMut,
+    /// The blank line that ends a dropped event is dropped too.
+    drop_blank: bool,
+}
+
+#[derive(Deserialize)]
+struct ChunkShape {
+    #[serde(default)]
+    choices: Option<Vec<serde::de::IgnoredAny>>,
+    #[serde(default)]
+    usage: Option<serde::de::IgnoredAny>,
+}
+
+/// Whether an SSE `data:` payload is a chunk that only carries usage.
+fn is_usage_only(payload: &[u8]) -> bool {
+    contains(payload, b"\"usage\"")
+        && serde_json::from_slice::<ChunkShape>(payload)
+            .is_ok_and(|c| c.usage.is_some() && c.choices.is_none_or(|v| v.is_empty()))
+}
+
+impl UsageChunkFilter {
+    /// What to forward of `frame` (possibly empty).
+    pub fn filter(&mut self, frame: &Bytes) -> Bytes {
+        if self.carry.is_empty()
+            && !self.drop_blank
+            && frame.last() == Some(&b'\n')
+            && !contains(frame, b"\"usage\"")
+        {
+            return frame.clone();
+        }
+        let mut input = std::mem::take(&mut self.carry);
+        input.extend_from_slice(frame);
+        let mut out = BytesMut::with_capacity(input.len());
+        let mut rest: &[u8] = &input;
+        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+            let (line, tail) = rest.split_at(pos + 1);
+            rest = tail;
+            let text = line[..pos].strip_suffix(b"\r").unwrap_or(&line[..pos]);
+            if self.drop_blank && text.is_empty() {
+                self.drop_blank = false;
+                continue;
+            }
+            self.drop_blank = false;
+            if let Some(payload) = text.strip_prefix(b"data:")
+                && is_usage_only(payload.trim_ascii())
+            {
+                self.drop_blank = true;
+                continue;
+            }
+            out.extend_from_slice(line);
+        }
+        self.carry.extend_from_slice(rest);
+        out.freeze()
+    }
+
+    /// Bytes still held (a line the stream never finished); forwarded when
+    /// the stream ends.
+    pub fn take_rest(&mut self) -> Bytes {
+        std::mem::take(&mut self.carry).freeze()
+    }
+}
+
 /// Collects the frames of a non-streamed answer by reference (each
 /// [`Bytes`] clone is a reference count, not a copy) up to `limit` bytes, and
 /// parses the usage at the end. Answers longer than the limit are passed
@@ -372,6 +444,42 @@ mod tests {
         all.merge(usage_from_json(delta).unwrap());
         assert_eq!(all.completion_tokens, Some(42));
         assert_eq!(all.prompt_tokens, Some(108));
+    }
+
+    #[test]
+    fn usage_chunk_filter_drops_only_the_usage_event() {
+        let stream = concat!(
+            ": keepalive 1/2\n\n",
+            "data: {\"choices\": [{\"delta\": {\"content\": \"hi\"}}]}\n\n",
+            "data: {\"choices\": [{\"delta\": {}, \"finish_reason\": \"length\"}]}\n\n",
+            "data: {\"object\": \"chat.completion\", \"choices\": [], \"usage\": {\"prompt_tokens\": 5}}\n\n",
+            "data: [DONE]\n\n",
+        );
+        let expected = stream.replace(
+            "data: {\"object\": \"chat.completion\", \"choices\": [], \"usage\": {\"prompt_tokens\": 5}}\n\n",
+            "",
+        );
+        // Any split of the stream into frames gives the same output.
+        for size in [1, 2, 3, 7, 16, 50, stream.len()] {
+            let mut f = UsageChunkFilter::default();
+            let mut out = Vec::new();
+            for piece in stream.as_bytes().chunks(size) {
+                out.extend_from_slice(&f.filter(&Bytes::copy_from_slice(piece)));
+            }
+            out.extend_from_slice(&f.take_rest());
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                expected,
+                "frames of {size}"
+            );
+        }
+        // Frames without usage pass through as the same bytes.
+        let mut f = UsageChunkFilter::default();
+        let frame = Bytes::from_static(b"data: {\"choices\": []}\n\n");
+        assert_eq!(f.filter(&frame).as_ptr(), frame.as_ptr());
+        // A usage field inside a choice chunk (vLLM's continuous usage) stays.
+        let mixed = Bytes::from_static(b"data: {\"choices\": [{}], \"usage\": null}\r\n\r\n");
+        assert_eq!(f.filter(&mixed), mixed);
     }
 
     #[test]
