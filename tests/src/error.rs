@@ -136,4 +136,18 @@ pub enum FixtureError {
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+
+    /// A workload plan or a client run went wrong (bad shape, client
+    /// failure, unreadable records).
+    #[error("agentic workload: {0}")]
+    Plan(String),
+
+    /// A process the fixture waits for did not finish in time.
+    #[error("{what} did not finish within {after:?}")]
+    Timeout {
+        /// What was waited for.
+        what: &'static str,
+        /// The deadline.
+        after: Duration,
+    },
 }

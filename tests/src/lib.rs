@@ -31,11 +31,13 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+pub mod agentic;
 pub mod dns;
 mod error;
 pub mod k8s;
 pub mod mlx;
 pub mod netns;
+pub mod routers;
 pub mod tls;
 pub mod zeroconf;
 
