@@ -1,25 +1,32 @@
-//! The prompt cache: an LRU of token-prefix entries, modelled on mlx_lm's
-//! `LRUPromptCache`.
+//! The prompt cache: token-prefix entries, as mlx_lm 0.32's
+//! `LRUPromptCache` keeps them (`mlx_lm/models/cache.py`).
 //!
-//! Each entry is the token sequence whose KV cache the node keeps. A lookup
-//! for a prompt picks, like mlx_lm does:
+//! Each entry is a token sequence whose KV cache the node keeps, of one of
+//! three kinds: `assistant` (a finished request's prompt plus its reply),
+//! `user` and `system` (a prompt segment saved when its prefill ended). A
+//! lookup for a prompt picks, like mlx_lm's `fetch_nearest_cache`:
 //!
-//! 1. an entry equal to the prompt (all tokens but the last cached: mlx_lm
-//!    always recomputes the last prompt token; the entry stays);
-//! 2. else, when some entry that is *not* a prefix of the prompt shares a
-//!    longer common prefix with it than the longest entry that is, that
-//!    entry (a copy is trimmed to the common prefix, at most `prompt_len - 1`
-//!    tokens; the entry stays);
-//! 3. else the longest entry that is a strict prefix of the prompt (its
-//!    tokens are cached; the entry is *taken out*, because mlx_lm extends that
-//!    KV cache in place and re-inserts the longer sequence after the request);
+//! 1. an entry equal to the prompt (all tokens but the last cached);
+//! 2. else, when some entry shares a longer common prefix with the prompt
+//!    than the longest entry that is a prefix of it, that common prefix (a
+//!    copy trimmed to it, at most `prompt_len - 1` tokens);
+//! 3. else the longest entry (of at least 2 tokens) that is a prefix of the
+//!    prompt;
 //! 4. else nothing is cached.
 //!
-//! The cache holds at most `max_entries` entries (mlx_lm's
-//! `--prompt-cache-size`, default 10) and optionally at most `max_tokens`
-//! tokens in total (the simulator's stand-in for `--prompt-cache-bytes`);
-//! inserting past either limit evicts least-recently-used entries.
+//! A lookup copies: it changes neither the entries nor their order.
+//! Inserting a sequence moves an identical entry to the back of its kind's
+//! queue (or adds it there) and drops every entry that is a prefix of it
+//! (`pop_prefixes`: a longer KV cache can be trimmed to them). Past
+//! `max_entries` (mlx_lm's `--prompt-cache-size`, default 10) one entry is
+//! evicted: the oldest `assistant` entry while there are at least as many of
+//! them as `user` entries, else the oldest `user` entry while there are at
+//! least as many as `system` ones, else the oldest `system` entry — so saved
+//! system prompts outlive conversations. An optional `max_tokens` (the
+//! simulator's stand-in for `--prompt-cache-bytes`) evicts the same way
+//! until the cache fits.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::tokenizer::Token;
@@ -32,10 +39,35 @@ pub enum CacheMatch {
     Miss,
     /// An entry equal to the prompt.
     Exact,
-    /// An entry that is a strict prefix of the prompt (taken out for reuse).
+    /// An entry that is a prefix of the prompt.
     Prefix,
     /// An entry sharing a common prefix with the prompt (trimmed copy).
     Common,
+}
+
+/// The kind of a cache entry, which decides its eviction order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// A finished request: prompt and reply (evicted first).
+    Assistant,
+    /// A user segment saved at the end of its prefill.
+    User,
+    /// A system segment saved at the end of its prefill (evicted last).
+    System,
+}
+
+impl EntryKind {
+    /// Eviction order, as mlx_lm's `CacheOrder`.
+    const ORDER: [EntryKind; 3] = [EntryKind::Assistant, EntryKind::User, EntryKind::System];
+
+    fn index(self) -> usize {
+        match self {
+            Self::Assistant => 0,
+            Self::User => 1,
+            Self::System => 2,
+        }
+    }
 }
 
 /// The result of [`PromptCache::lookup`].
@@ -45,12 +77,6 @@ pub struct CacheLookup {
     pub cached_tokens: usize,
     /// How the prompt matched.
     pub kind: CacheMatch,
-}
-
-#[derive(Debug, Clone)]
-struct Entry {
-    tokens: Arc<[Token]>,
-    last_used: u64,
 }
 
 /// Counters of one cache's activity since it was created or cleared.
@@ -64,16 +90,16 @@ pub struct CacheStats {
     pub evictions: u64,
 }
 
-/// An LRU prompt cache of token-prefix entries (see the module docs).
+/// A prompt cache of token-prefix entries (see the module docs).
 ///
 /// Defaults (from [`PromptCache::default`]): 10 entries, no token limit.
 #[derive(Debug, Clone)]
 pub struct PromptCache {
     max_entries: usize,
     max_tokens: Option<usize>,
-    entries: Vec<Entry>,
+    /// One queue per [`EntryKind`], oldest first.
+    queues: [VecDeque<Arc<[Token]>>; 3],
     total_tokens: usize,
-    tick: u64,
     stats: CacheStats,
 }
 
@@ -107,9 +133,8 @@ impl PromptCache {
         Self {
             max_entries: max_entries.max(1),
             max_tokens,
-            entries: Vec::new(),
+            queues: Default::default(),
             total_tokens: 0,
-            tick: 0,
             stats: CacheStats::default(),
         }
     }
@@ -129,13 +154,13 @@ impl PromptCache {
     /// Number of entries held.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.queues.iter().map(VecDeque::len).sum()
     }
 
     /// Whether the cache is empty.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     /// Total tokens held over all entries (shared prefixes counted per entry).
@@ -150,144 +175,152 @@ impl PromptCache {
         self.stats
     }
 
-    /// Entry lengths, most recently used first.
+    /// Entry lengths, most recently inserted first within each kind, kinds
+    /// in eviction order (assistant, user, system).
     #[must_use]
     pub fn entry_lengths(&self) -> Vec<usize> {
-        let mut v: Vec<_> = self
-            .entries
+        self.queues
             .iter()
-            .map(|e| (e.last_used, e.tokens.len()))
-            .collect();
-        v.sort_by_key(|e| std::cmp::Reverse(e.0));
-        v.into_iter().map(|(_, len)| len).collect()
+            .flat_map(|q| q.iter().rev().map(|t| t.len()))
+            .collect()
+    }
+
+    /// Entries per kind, in [`EntryKind`] eviction order.
+    #[must_use]
+    pub fn kinds(&self) -> [usize; 3] {
+        [
+            self.queues[0].len(),
+            self.queues[1].len(),
+            self.queues[2].len(),
+        ]
     }
 
     /// Removes every entry (counters are reset too).
     pub fn clear(&mut self) {
-        self.entries.clear();
+        self.queues = Default::default();
         self.total_tokens = 0;
         self.stats = CacheStats::default();
     }
 
-    fn next_tick(&mut self) -> u64 {
-        self.tick += 1;
-        self.tick
+    fn entries(&self) -> impl Iterator<Item = &Arc<[Token]>> {
+        self.queues.iter().flatten()
     }
 
-    /// What a lookup of `prompt` would return, without touching the cache.
+    /// What a lookup of `prompt` would return (lookups change nothing but
+    /// the counters; this one not even those).
     #[must_use]
     pub fn peek(&self, prompt: &[Token]) -> CacheLookup {
-        self.find(prompt).1
-    }
-
-    fn find(&self, prompt: &[Token]) -> (Option<usize>, CacheLookup) {
-        let mut best_prefix: Option<(usize, usize)> = None;
-        let mut best_common: Option<(usize, usize)> = None;
-        for (i, entry) in self.entries.iter().enumerate() {
-            let common = common_prefix(&entry.tokens, prompt);
+        let mut best_prefix = 0usize;
+        let mut best_common = 0usize;
+        for entry in self.entries() {
+            let common = common_prefix(entry, prompt);
             if common == 0 {
                 continue;
             }
-            if common == prompt.len() && entry.tokens.len() == prompt.len() {
-                let hit = CacheLookup {
+            if common == prompt.len() && entry.len() == prompt.len() {
+                return CacheLookup {
                     cached_tokens: prompt.len() - 1,
                     kind: CacheMatch::Exact,
                 };
-                return (Some(i), hit);
             }
-            if common == entry.tokens.len() {
-                if best_prefix.is_none_or(|(_, len)| common > len) {
-                    best_prefix = Some((i, common));
+            if common == entry.len() {
+                // mlx_lm's trie ignores a one-token entry as a prefix.
+                if entry.len() >= 2 {
+                    best_prefix = best_prefix.max(common);
                 }
-            } else if best_common.is_none_or(|(_, len)| common > len) {
-                best_common = Some((i, common));
+            } else {
+                best_common = best_common.max(common);
             }
         }
-        let short = best_prefix.map_or(0, |(_, len)| len);
-        if let Some((i, len)) = best_common
-            && len > short
-        {
-            let cached = len.min(prompt.len().saturating_sub(1));
+        if best_common > best_prefix {
+            let cached = best_common.min(prompt.len().saturating_sub(1));
             if cached > 0 {
-                let hit = CacheLookup {
+                return CacheLookup {
                     cached_tokens: cached,
                     kind: CacheMatch::Common,
                 };
-                return (Some(i), hit);
             }
         }
-        if let Some((i, len)) = best_prefix {
-            let hit = CacheLookup {
-                cached_tokens: len,
+        if best_prefix > 0 {
+            return CacheLookup {
+                cached_tokens: best_prefix,
                 kind: CacheMatch::Prefix,
             };
-            return (Some(i), hit);
         }
-        let miss = CacheLookup {
+        CacheLookup {
             cached_tokens: 0,
             kind: CacheMatch::Miss,
-        };
-        (None, miss)
+        }
     }
 
-    /// Looks `prompt` up as mlx_lm does (see the module docs): marks the used
-    /// entry as recently used, or takes it out when it is a strict prefix.
+    /// Looks `prompt` up as mlx_lm does (see the module docs) and counts the
+    /// hit or miss.
     pub fn lookup(&mut self, prompt: &[Token]) -> CacheLookup {
-        let (index, hit) = self.find(prompt);
-        match (index, hit.kind) {
-            (Some(i), CacheMatch::Prefix) => {
-                let removed = self.entries.swap_remove(i);
-                self.total_tokens -= removed.tokens.len();
-                self.stats.hits += 1;
-            }
-            (Some(i), _) => {
-                let tick = self.next_tick();
-                self.entries[i].last_used = tick;
-                self.stats.hits += 1;
-            }
-            (None, _) => self.stats.misses += 1,
+        let hit = self.peek(prompt);
+        if hit.kind == CacheMatch::Miss {
+            self.stats.misses += 1;
+        } else {
+            self.stats.hits += 1;
         }
         hit
     }
 
-    /// Inserts (or refreshes) the entry `tokens`, evicting least-recently-used
-    /// entries past the limits. An empty sequence is ignored.
+    /// Inserts `tokens` as an `assistant` entry (see [`PromptCache::insert_kind`]).
     pub fn insert(&mut self, tokens: Arc<[Token]>) {
+        self.insert_kind(tokens, EntryKind::Assistant);
+    }
+
+    /// Inserts (or moves to the back of its kind's queue) the entry
+    /// `tokens`, drops the entries that are prefixes of it, and evicts past
+    /// the limits (see the module docs). An empty sequence is ignored.
+    pub fn insert_kind(&mut self, tokens: Arc<[Token]>, kind: EntryKind) {
         if tokens.is_empty() {
             return;
         }
-        let tick = self.next_tick();
-        if let Some(entry) = self.entries.iter_mut().find(|e| e.tokens == tokens) {
-            entry.last_used = tick;
-            return;
-        }
+        self.remove_where(|e| **e == *tokens);
         self.total_tokens += tokens.len();
-        self.entries.push(Entry {
-            tokens,
-            last_used: tick,
-        });
-        while self.entries.len() > self.max_entries
-            || self
-                .max_tokens
-                .is_some_and(|max| self.total_tokens > max && self.entries.len() > 1)
-        {
-            self.evict_lru();
+        // pop_prefixes: every strict prefix of the new sequence goes.
+        self.remove_where(|e| e.len() < tokens.len() && tokens.starts_with(e));
+        self.queues[kind.index()].push_back(tokens);
+        if self.len() > self.max_entries {
+            self.evict_one();
         }
-        // A single entry larger than the token limit is not kept at all.
-        if self.max_tokens.is_some_and(|max| self.total_tokens > max) {
-            self.evict_lru();
+        while self.max_tokens.is_some_and(|max| self.total_tokens > max) && !self.is_empty() {
+            self.evict_one();
         }
     }
 
-    fn evict_lru(&mut self) {
-        if let Some((i, _)) = self
-            .entries
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, e)| e.last_used)
-        {
-            let removed = self.entries.swap_remove(i);
-            self.total_tokens -= removed.tokens.len();
+    fn remove_where(&mut self, f: impl Fn(&Arc<[Token]>) -> bool) {
+        for q in &mut self.queues {
+            let before: usize = q.iter().map(|e| e.len()).sum();
+            q.retain(|e| !f(e));
+            let after: usize = q.iter().map(|e| e.len()).sum();
+            self.total_tokens -= before - after;
+        }
+    }
+
+    /// mlx_lm's `CacheOrder.pop`.
+    fn evict_one(&mut self) {
+        let mut victim = None;
+        for i in 0..EntryKind::ORDER.len() - 1 {
+            let (a, b) = (&self.queues[i], &self.queues[i + 1]);
+            if !a.is_empty() && a.len() >= b.len() {
+                victim = Some(i);
+                break;
+            }
+        }
+        let i = victim.unwrap_or(EntryKind::ORDER.len() - 1);
+        let i = if self.queues[i].is_empty() {
+            // Only possible when the last queue is empty: take any.
+            match self.queues.iter().position(|q| !q.is_empty()) {
+                Some(k) => k,
+                None => return,
+            }
+        } else {
+            i
+        };
+        if let Some(removed) = self.queues[i].pop_front() {
+            self.total_tokens -= removed.len();
             self.stats.evictions += 1;
         }
     }
@@ -302,12 +335,11 @@ mod tests {
     }
 
     #[test]
-    fn exact_prefix_and_common_matches() {
+    fn exact_prefix_and_common_matches_copy_without_changing_anything() {
         let mut cache = PromptCache::default();
         cache.insert(seq(0..100));
         let exact = cache.lookup(&seq(0..100));
         assert_eq!((exact.kind, exact.cached_tokens), (CacheMatch::Exact, 99));
-        assert_eq!(cache.len(), 1);
 
         let mut longer: Vec<Token> = (0..100).collect();
         longer.extend(500..550);
@@ -316,10 +348,12 @@ mod tests {
             (prefix.kind, prefix.cached_tokens),
             (CacheMatch::Prefix, 100)
         );
-        // The prefix entry was taken out for in-place extension.
-        assert!(cache.is_empty());
-
+        // Looked up, not taken out: it goes when the longer one is inserted.
+        assert_eq!(cache.len(), 1);
         cache.insert(longer.clone().into());
+        assert_eq!(cache.len(), 1, "the prefix entry was popped");
+        assert_eq!(cache.total_tokens(), 150);
+
         let mut diverging: Vec<Token> = (0..120).collect();
         diverging.push(9);
         let common = cache.lookup(&diverging);
@@ -327,18 +361,20 @@ mod tests {
             (common.kind, common.cached_tokens),
             (CacheMatch::Common, 100)
         );
-        assert_eq!(cache.len(), 1);
-
         let miss = cache.lookup(&seq(1000..1010));
         assert_eq!((miss.kind, miss.cached_tokens), (CacheMatch::Miss, 0));
         assert_eq!(cache.stats().misses, 1);
         assert_eq!(cache.stats().hits, 3);
+        // A one-token entry is no prefix (mlx_lm's trie skips index 0).
+        let mut one = PromptCache::default();
+        one.insert(seq(0..1));
+        assert_eq!(one.peek(&seq(0..5)).kind, CacheMatch::Miss);
     }
 
     #[test]
     fn longer_common_match_wins_over_shorter_prefix() {
         let mut cache = PromptCache::default();
-        cache.insert(seq(0..10));
+        cache.insert_kind(seq(0..10), EntryKind::System);
         let mut other: Vec<Token> = (0..50).collect();
         other.push(7);
         cache.insert(other.into());
@@ -349,6 +385,8 @@ mod tests {
         cache.insert(seq(0..55));
         let hit = cache.peek(&prompt);
         assert_eq!((hit.kind, hit.cached_tokens), (CacheMatch::Prefix, 55));
+        // Inserting 0..55 popped its prefix 0..10 (the system entry).
+        assert_eq!(cache.kinds(), [2, 0, 0]);
     }
 
     #[test]
@@ -360,19 +398,31 @@ mod tests {
     }
 
     #[test]
-    fn lru_evicts_past_ten_entries() {
+    fn eviction_follows_insertion_order_and_spares_system_entries() {
         let mut cache = PromptCache::default();
-        for i in 0..10 {
+        cache.insert_kind(seq(90_000..90_010), EntryKind::System);
+        for i in 0..9 {
             cache.insert(seq(i * 1000..i * 1000 + 10));
         }
         assert_eq!(cache.len(), 10);
-        // Touch the oldest so the second oldest is evicted instead.
+        // A lookup does not refresh an entry.
         assert_eq!(cache.lookup(&seq(0..10)).kind, CacheMatch::Exact);
         cache.insert(seq(50_000..50_010));
         assert_eq!(cache.len(), 10);
         assert_eq!(cache.stats().evictions, 1);
-        assert_eq!(cache.peek(&seq(0..10)).kind, CacheMatch::Exact);
-        assert_eq!(cache.peek(&seq(1000..1010)).kind, CacheMatch::Miss);
+        assert_eq!(cache.peek(&seq(0..10)).kind, CacheMatch::Miss);
+        assert_eq!(cache.peek(&seq(1000..1010)).kind, CacheMatch::Exact);
+        // The system entry outlives every conversation.
+        for i in 100..120 {
+            cache.insert(seq(i * 1000..i * 1000 + 10));
+        }
+        assert_eq!(cache.kinds(), [9, 0, 1]);
+        assert_eq!(cache.peek(&seq(90_000..90_010)).kind, CacheMatch::Exact);
+        // Re-inserting moves an entry to the back instead of duplicating.
+        cache.insert(seq(110_000..110_010));
+        assert_eq!(cache.len(), 10);
+        cache.insert(seq(200_000..200_010));
+        assert_eq!(cache.peek(&seq(110_000..110_010)).kind, CacheMatch::Exact);
     }
 
     #[test]
@@ -386,6 +436,7 @@ mod tests {
         assert_eq!(cache.peek(&seq(0..10)).kind, CacheMatch::Miss);
         cache.insert(seq(1000..1100));
         assert!(cache.is_empty());
+        assert_eq!(cache.total_tokens(), 0);
     }
 
     #[test]
@@ -395,6 +446,9 @@ mod tests {
         cache.insert(seq(0..10));
         assert_eq!(cache.len(), 1);
         assert_eq!(cache.total_tokens(), 10);
+        cache.clear();
+        assert!(cache.is_empty());
+        assert_eq!(cache.entry_lengths(), Vec::<usize>::new());
     }
 
     #[test]

@@ -5,12 +5,19 @@
 //!
 //! # The model
 //!
-//! * **Concurrency.** At most `max_concurrency` requests run at once; others
-//!   wait in a FIFO queue (optionally bounded by `max_queue`, past which the
-//!   node rejects with [`QueueFull`]).
-//! * **Prefill is serial.** Running requests take turns on one prefill unit
-//!   (prompt processing is compute-bound on Apple GPUs, so batching prompts
-//!   does not add throughput). A request's prefill costs
+//! * **Concurrency.** At most `max_concurrency` requests run at once (mlx_lm
+//!   0.32's `--decode-concurrency`, 32); others wait in a FIFO queue
+//!   (optionally bounded by `max_queue`, past which the node rejects with
+//!   [`QueueFull`]).
+//! * **Prefill is serial.** Running requests take turns on one prefill unit,
+//!   first come first served: mlx_lm 0.32 run with `--prompt-concurrency 1`,
+//!   and what any mlx_lm.server sees behind mlx-cluster's gateway, which
+//!   admits one prefill per node at a time (`routing.prefill_concurrency`).
+//!   (With its default `--prompt-concurrency 8` and no gate, mlx_lm batches
+//!   prompts and every prompt of a batch waits for the whole batch — two
+//!   cold 4.3k-token prompts together took 16 s each where one alone takes
+//!   3.4 s on the CI machine; the simulator does not model that penalty.)
+//!   A request's prefill costs
 //!   `request_overhead_seconds` plus, for each *uncached* prompt token at
 //!   context position `p`, `(1 + p / prefill_context_halving_tokens) /
 //!   prefill_tokens_per_second` seconds: attention makes long contexts slower.
@@ -18,17 +25,21 @@
 //!   `(1 + context / decode_context_halving_tokens) /
 //!   decode_tokens_per_second` seconds per token; the first output token
 //!   comes out of prefill.
-//! * **Prompt cache.** [`PromptCache`] is looked up when the request's prefill
-//!   starts. After a request finishes, the prompt plus its reply is inserted
-//!   (as mlx_lm saves the KV cache of prompt and generated tokens); when the
-//!   prompt has a leading system block, the request ends with a user message
-//!   and the block was not cached, the block alone is inserted when its
-//!   prefill completes (as mlx_lm ≥ 0.29 does).
+//! * **Prompt cache.** [`PromptCache`] (mlx_lm's `LRUPromptCache`) is looked
+//!   up when the request arrives, as mlx_lm does when it hands the request to
+//!   its batch generator. After a request finishes, the prompt plus its reply
+//!   is inserted as an `assistant` entry (mlx_lm saves the KV cache of prompt
+//!   and generated tokens; the next turn, which re-sends the reply, reuses
+//!   all of it when the reply re-tokenizes to the same tokens, as with the
+//!   tiny test model); when the prompt has a leading system block, the
+//!   request ends with a user message and the block was not cached, the
+//!   block alone is inserted as a `system` entry when its prefill completes.
 //!
 //! Everything is computed at admission, so [`NodeModel::admit`] returns the
 //! whole [`Admission`] at once. That is exact because admissions happen in
 //! arrival order, starts are FIFO and prefill is serial: every cache insert
-//! that can affect a request's lookup is known when the request is admitted.
+//! that can affect a request's lookup (due by its arrival) is known when the
+//! request is admitted.
 //! Call `admit` with non-decreasing `now` values; an earlier `now` is treated
 //! as the latest one seen.
 
@@ -39,7 +50,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::{CacheMatch, PromptCache};
+use crate::cache::{CacheMatch, EntryKind, PromptCache};
 use crate::tokenizer::{
     ChatTokens, REPLY_MARK, Token, output_seed, output_text, tokenize_prompt, tokenize_text,
 };
@@ -68,7 +79,8 @@ pub struct NodeModelConfig {
     /// Prompt tokens per prefill step (mlx_lm's `--prefill-step-size`); only
     /// sets the spacing of streamed `: keepalive` progress lines. Default 2048.
     pub prefill_step_tokens: usize,
-    /// Requests running at once (prefill or decode). Default 8.
+    /// Requests running at once (prefill or decode; mlx_lm's
+    /// `--decode-concurrency`). Default 32.
     pub max_concurrency: usize,
     /// Requests allowed to wait for a slot; `None` is unbounded (mlx_lm never
     /// rejects). Default `None`.
@@ -80,9 +92,12 @@ pub struct NodeModelConfig {
     pub cache_tokens: Option<usize>,
     /// Cache a chat's leading system block as its own entry. Default true.
     pub cache_system_block: bool,
-    /// Let a later turn reuse the cached reply tokens of an earlier one.
-    /// mlx_lm 0.32 does not (the next prompt re-renders the reply and
-    /// matches only up to the end of the earlier prompt). Default false.
+    /// Let a later turn reuse the cached reply tokens of an earlier one, as
+    /// mlx_lm 0.32 does when the re-sent reply tokenizes to the tokens it
+    /// generated (measured with the tiny test model: the second turn's
+    /// `cached_tokens` is exactly the first turn's prompt plus completion
+    /// tokens). Set false for a model whose chat template re-renders replies
+    /// differently. Default true.
     pub reuse_reply_tokens: bool,
     /// KV-cache bytes per token, only used to report cache bytes. Default
     /// 98304 (48 layers × 4 KV heads × 128 dims × K and V × 2 bytes).
@@ -98,12 +113,12 @@ impl Default for NodeModelConfig {
             decode_context_halving_tokens: 32768.0,
             request_overhead_seconds: 0.02,
             prefill_step_tokens: 2048,
-            max_concurrency: 8,
+            max_concurrency: 32,
             max_queue: None,
             cache_entries: 10,
             cache_tokens: None,
             cache_system_block: true,
-            reuse_reply_tokens: false,
+            reuse_reply_tokens: true,
             kv_bytes_per_token: 98_304,
         }
     }
@@ -363,6 +378,7 @@ struct PendingInsert {
     at: Duration,
     seq: u64,
     tokens: Arc<[Token]>,
+    kind: EntryKind,
 }
 
 /// A simulated node: cost model, prompt cache, slots and queue, driven by
@@ -502,7 +518,8 @@ impl NodeModel {
         let slot = self.slot_free.pop().map_or(Duration::ZERO, |r| r.0);
         let started = now.max(slot);
         let prefill_start = started.max(self.prefill_free);
-        self.apply_pending(prefill_start);
+        // mlx_lm looks the cache up when the request arrives.
+        self.apply_pending(now);
         let hit = self.cache.lookup(&request.tokens);
         let admission = self.timeline(
             now,
@@ -527,7 +544,7 @@ impl NodeModel {
         {
             let at = admission.prefill_progress_time(request.system_len);
             let tokens: Arc<[Token]> = request.tokens[..request.system_len].into();
-            self.push_pending(at, tokens);
+            self.push_pending(at, tokens, EntryKind::System);
         }
         let mut full = Vec::with_capacity(request.tokens.len() + request.output_tokens);
         full.extend_from_slice(&request.tokens);
@@ -537,7 +554,7 @@ impl NodeModel {
             // up to the end of this prompt.
             full[request.tokens.len()] = REPLY_MARK;
         }
-        self.push_pending(admission.finish, full.into());
+        self.push_pending(admission.finish, full.into(), EntryKind::Assistant);
 
         self.totals.requests += 1;
         self.totals.prompt_tokens += u64_of(admission.prompt_tokens);
@@ -554,10 +571,10 @@ impl NodeModel {
         let slot = self.slot_free.peek().map_or(Duration::ZERO, |r| r.0);
         let started = now.max(slot);
         let prefill_start = started.max(self.prefill_free);
-        let hit = if self.pending.iter().any(|p| p.at <= prefill_start) {
+        let hit = if self.pending.iter().any(|p| p.at <= now) {
             let mut cache = self.cache.clone();
-            for p in self.pending.iter().filter(|p| p.at <= prefill_start) {
-                cache.insert(p.tokens.clone());
+            for p in self.pending.iter().filter(|p| p.at <= now) {
+                cache.insert_kind(p.tokens.clone(), p.kind);
             }
             cache.peek(&request.tokens)
         } else {
@@ -603,12 +620,13 @@ impl NodeModel {
         }
     }
 
-    fn push_pending(&mut self, at: Duration, tokens: Arc<[Token]>) {
+    fn push_pending(&mut self, at: Duration, tokens: Arc<[Token]>, kind: EntryKind) {
         self.seq += 1;
         let entry = PendingInsert {
             at,
             seq: self.seq,
             tokens,
+            kind,
         };
         let pos = self
             .pending
@@ -619,7 +637,7 @@ impl NodeModel {
     fn apply_pending(&mut self, until: Duration) {
         let n = self.pending.partition_point(|p| p.at <= until);
         for p in self.pending.drain(..n) {
-            self.cache.insert(p.tokens);
+            self.cache.insert_kind(p.tokens, p.kind);
         }
     }
 
@@ -760,21 +778,26 @@ mod tests {
     }
 
     #[test]
-    fn queued_prefill_sees_system_block_of_earlier_prefill() {
+    fn the_cache_is_looked_up_at_arrival() {
         let system = long_text("abc", 5000);
         let mut node = NodeModel::default();
         let r = chat(&system, &["one"]);
         let a = node
             .admit(Duration::ZERO, &r)
             .unwrap_or_else(|e| panic!("{e}"));
-        // Arrives while the first is still prefilling: the system block is
-        // not cached yet, so nothing is reused.
+        // Arrives while the first is still prefilling: the cache is looked
+        // up at arrival (as mlx_lm does), before the system block is saved.
         let b = node
             .admit(Duration::from_millis(10), &chat(&system, &["two"]))
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(b.prefill_start >= a.first_token);
-        // The system block was inserted when the first prefill passed it.
-        assert!(b.cached_tokens > 4000);
+        assert_eq!(b.cached_tokens, 0);
+        // Arriving after the first prefill passed the system block, a third
+        // finds it saved (a `system` entry).
+        let c = node
+            .admit(a.first_token, &chat(&system, &["three"]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.cached_tokens > 4000, "{}", c.cached_tokens);
     }
 
     #[test]

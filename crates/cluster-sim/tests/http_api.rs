@@ -279,7 +279,7 @@ async fn peer_router_endpoints_and_metrics() {
         .await
         .unwrap();
     assert_eq!(server["prompt_cache_size"], 10);
-    assert_eq!(server["max_running_requests"], 8);
+    assert_eq!(server["max_running_requests"], 32);
 
     c.post(format!("{base}/v1/chat/completions"))
         .json(&chat_body("count me", false, false))
