@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --release -p cluster-tests --example real_routing -- \
-//!     --gateway target/release/mlx-cluster --smg ~/.cache/mlx-cluster/smg-…/bin/smg
+//!     --gateway target/release/mlx-cluster --smg ~/.cache/mlx-cluster/venv-smg-…/bin/smg
 //! ```
 //!
 //! Starts `--nodes` (3) real `mlx_lm.server` processes serving the tiny
@@ -119,7 +119,7 @@ fn usage() -> String {
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         gateway: PathBuf::from("target/release/mlx-cluster"),
-        smg: None,
+        smg: std::env::var_os("REAL_ROUTING_SMG").map(PathBuf::from),
         nginx: PathBuf::from("/usr/sbin/nginx"),
         nodes: 3,
         rounds: 2,
@@ -199,6 +199,31 @@ struct Run {
     per_node: Vec<usize>,
     /// Router process CPU seconds per request.
     cpu_per_request: f64,
+    /// The gateway's cache-model fidelity: share of predictions within one
+    /// block of the node's report (`None` for other routers).
+    within_block: Option<f64>,
+}
+
+/// Share of cache predictions within one block, from the gateway's
+/// `/metrics` text (sums the `le="1.0"` buckets and the counts over nodes).
+fn prediction_fidelity(metrics: &str) -> Option<f64> {
+    let family = "mlx_cluster_node_cache_prediction_error_blocks";
+    let value = |line: &str| {
+        line.rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let mut within = 0.0;
+    let mut count = 0.0;
+    for line in metrics.lines() {
+        if line.starts_with(&format!("{family}_bucket")) && line.contains("le=\"1.0\"") {
+            within += value(line);
+        } else if line.starts_with(&format!("{family}_count")) {
+            count += value(line);
+        }
+    }
+    (count > 0.0).then(|| within / count)
 }
 
 fn count_completions(log: &Path, from: u64) -> usize {
@@ -282,6 +307,7 @@ async fn run(args: &Args) -> Result<(), String> {
                     } else {
                         args.concurrency
                     },
+                    lockstep: false,
                     session_header: (variant != Variant::NoHeader)
                         .then(|| "x-session-id".to_owned()),
                     timeout_s: 300.0,
@@ -291,7 +317,11 @@ async fn run(args: &Args) -> Result<(), String> {
                     .await
                     .map_err(|e| e.to_string())?;
                 let cpu = router.cpu_seconds() - cpu_before;
-                if let Ok(metrics) = fetch_metrics(&router.base_url).await {
+                let mut within_block = None;
+                if matches!(kind, RouterKind::Gateway { .. })
+                    && let Ok(metrics) = fetch_metrics(&router.base_url).await
+                {
+                    within_block = prediction_fidelity(&metrics);
                     let _ = std::fs::write(dir.join("metrics.txt"), metrics);
                 }
                 router.stop().await;
@@ -309,6 +339,7 @@ async fn run(args: &Args) -> Result<(), String> {
                     cpu_per_request: cpu / summary.requests.max(1) as f64,
                     summary,
                     per_node,
+                    within_block,
                 };
                 eprintln!(
                     "real_routing: round {round} {:<9} {:<34} hit {:.3} ttft p50 {:.2} mean {:.2} p99 {:.2} s  wall {:.0} s  nodes {:?}  errors {}",
@@ -387,7 +418,8 @@ fn render(args: &Args, runs: &[Run]) -> String {
         out.push_str(&format!("\n### {}\n\n", variant.name()));
         out.push_str(
             "| router | hit ratio | TTFT p50 s | TTFT mean s | TTFT p99 s | wall s | \
-             req/node max/mean | router CPU ms/req | errors |\n|---|---|---|---|---|---|---|---|---|\n",
+             req/node max/mean | router CPU ms/req | cache model ≤ 1 block | errors |\n\
+             |---|---|---|---|---|---|---|---|---|---|\n",
         );
         let mut by_router: BTreeMap<usize, Vec<&Run>> = BTreeMap::new();
         for run in runs.iter().filter(|r| r.variant == variant) {
@@ -405,8 +437,14 @@ fn render(args: &Args, runs: &[Run]) -> String {
                 let mean = r.per_node.iter().sum::<usize>() as f64 / r.per_node.len().max(1) as f64;
                 if mean > 0.0 { max / mean } else { 0.0 }
             });
+            let fidelity: Vec<f64> = rs.iter().filter_map(|r| r.within_block).collect();
+            let fidelity = if fidelity.is_empty() {
+                "—".to_owned()
+            } else {
+                spread(&fidelity, 3)
+            };
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 rs[0].label,
                 spread(&pick(&|r| r.summary.hit_ratio), 3),
                 spread(&pick(&|r| r.summary.ttft_p50), 2),
@@ -415,6 +453,7 @@ fn render(args: &Args, runs: &[Run]) -> String {
                 spread(&pick(&|r| r.summary.wall), 0),
                 spread(&balance, 2),
                 spread(&pick(&|r| r.cpu_per_request * 1000.0), 2),
+                fidelity,
                 rs.iter().map(|r| r.summary.errors).sum::<usize>(),
             ));
         }

@@ -70,6 +70,10 @@ pub struct SessionPlan {
     pub model: String,
     /// Sessions running at once.
     pub concurrency: usize,
+    /// One request at a time in turn-major order (every session's turn 0,
+    /// then every turn 1, …) instead of concurrent sessions.
+    #[serde(default)]
+    pub lockstep: bool,
     /// Header carrying the session id, or `None` to send none.
     pub session_header: Option<String>,
     /// Per-request timeout, seconds.
@@ -243,6 +247,9 @@ pub struct RequestRecord {
     pub cached_tokens: Option<u64>,
     /// `usage.completion_tokens`.
     pub completion_tokens: Option<u64>,
+    /// Characters of every message sent (system, history, new message).
+    #[serde(default)]
+    pub prompt_chars: u64,
     /// The `x-mlx-cluster-node` response header, if the router sent one.
     pub node: Option<String>,
     /// Why the request failed; `None` on success.
@@ -341,6 +348,18 @@ pub struct Summary {
     pub wall: f64,
 }
 
+impl RequestRecord {
+    /// Characters of the prompt the node did *not* serve from its cache
+    /// (`(1 − cached / prompt) × prompt_chars`): comparable between servers
+    /// whose tokenizers count differently. `None` for a failed request.
+    #[must_use]
+    pub fn uncached_chars(&self) -> Option<f64> {
+        let prompt = self.prompt_tokens.filter(|&p| p > 0)?;
+        let cached = self.cached_tokens.unwrap_or(0).min(prompt);
+        Some((1.0 - cached as f64 / prompt as f64) * self.prompt_chars as f64)
+    }
+}
+
 impl Summary {
     /// Figures over `records`.
     #[must_use]
@@ -425,6 +444,7 @@ mod tests {
             prompt_tokens: Some(prompt),
             cached_tokens: Some(cached),
             completion_tokens: Some(1),
+            prompt_chars: 400,
             node: None,
             error: error.map(str::to_owned),
         };
@@ -440,6 +460,7 @@ mod tests {
         assert!((s.ttft_p50 - 1.0).abs() < 1e-9);
         assert!((s.ttft_p99 - 3.0).abs() < 1e-9);
         assert!((s.wall - 2.0).abs() < 1e-9);
+        assert_eq!(r(1.0, 100, 75, None).uncached_chars(), Some(100.0));
         assert_eq!(percentile(&[], 0.5), 0.0);
     }
 }
