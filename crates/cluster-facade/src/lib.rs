@@ -78,4 +78,3 @@ pub use params::{CostParams, RouterParams, StrategyKind};
 pub use prefill_gate::TAG_PREFILL_CONCURRENCY;
 pub use router::{Router, TAG_CACHE_ENTRIES, TAG_CACHE_TOKENS};
 pub use snapshot::{ClusterSnapshot, NodeEntry};
-pub use strategy::cache_aware::CacheOracle;

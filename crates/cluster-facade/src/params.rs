@@ -9,9 +9,7 @@ use crate::cache_model::CacheModelParams;
 /// Which selection algorithm the router runs.
 ///
 /// The five configurable strategies map one-to-one to
-/// [`LoadBalanceStrategy`]; [`StrategyKind::Oracle`] exists for the routing
-/// benchmark only (it needs a [`CacheOracle`](crate::CacheOracle)).
-/// Default: [`StrategyKind::CacheAware`].
+/// [`LoadBalanceStrategy`]. Default: [`StrategyKind::CacheAware`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum StrategyKind {
@@ -28,14 +26,11 @@ pub enum StrategyKind {
     /// prefix-block cache model.
     #[default]
     CacheAware,
-    /// Like `CacheAware` but told each node's true cache by a
-    /// [`CacheOracle`](crate::CacheOracle) (benchmarks only).
-    Oracle,
 }
 
 impl StrategyKind {
     /// Short name used in tables and logs (`"round-robin"`, `"least-loaded"`,
-    /// `"p2c-peak-ewma"`, `"cache-score"`, `"cache-aware"`, `"oracle"`).
+    /// `"p2c-peak-ewma"`, `"cache-score"`, `"cache-aware"`).
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -44,7 +39,6 @@ impl StrategyKind {
             Self::PowerOfTwoChoices => "p2c-peak-ewma",
             Self::CacheScore => "cache-score",
             Self::CacheAware => "cache-aware",
-            Self::Oracle => "oracle",
         }
     }
 }
@@ -271,10 +265,9 @@ mod tests {
             let k = StrategyKind::from(*s);
             assert!(!k.as_str().is_empty());
         }
-        assert_eq!(StrategyKind::Oracle.as_str(), "oracle");
         assert_eq!(
-            p.clone().with_strategy(StrategyKind::Oracle).strategy,
-            StrategyKind::Oracle
+            p.clone().with_strategy(StrategyKind::RoundRobin).strategy,
+            StrategyKind::RoundRobin
         );
     }
 }

@@ -23,7 +23,7 @@ use crate::live::{AtomicF64, Epoch, NodeLive};
 use crate::params::{RouterParams, StrategyKind};
 use crate::prefill_gate::{PrefillGate, TAG_PREFILL_CONCURRENCY};
 use crate::snapshot::{ClusterSnapshot, NodeEntry, SnapNode};
-use crate::strategy::cache_aware::{self, CacheOracle, Knowledge, Prompt, Scratch};
+use crate::strategy::cache_aware::{self, Prompt, Scratch};
 use crate::strategy::cache_score::{CacheScore, enc_hash};
 use crate::strategy::least_loaded::LeastLoaded;
 use crate::strategy::round_robin::RoundRobin;
@@ -67,7 +67,6 @@ pub(crate) struct RouterShared {
     ll: LeastLoaded,
     score: CacheScore,
     rng: Mutex<SmallRng>,
-    oracle: Option<Arc<dyn CacheOracle>>,
     pub(crate) observer: OnceLock<Arc<dyn OutcomeObserver>>,
     probe_gate: OnceLock<Arc<dyn ProbeGate>>,
 }
@@ -115,25 +114,6 @@ impl Router {
     /// An empty router (no nodes) with `params` and `clock`.
     #[must_use]
     pub fn new(params: RouterParams, clock: SharedClock) -> Self {
-        Self::build(params, clock, None)
-    }
-
-    /// A router whose [`StrategyKind::Oracle`] strategy asks `oracle` for
-    /// each node's true cache (benchmarks only).
-    #[must_use]
-    pub fn with_oracle(
-        params: RouterParams,
-        clock: SharedClock,
-        oracle: Arc<dyn CacheOracle>,
-    ) -> Self {
-        Self::build(params, clock, Some(oracle))
-    }
-
-    fn build(
-        params: RouterParams,
-        clock: SharedClock,
-        oracle: Option<Arc<dyn CacheOracle>>,
-    ) -> Self {
         let epoch = Epoch::new(clock.now());
         let shared = RouterShared {
             cache: Mutex::new(CacheModel::new(params.cache)),
@@ -149,7 +129,6 @@ impl Router {
             rr: RoundRobin::default(),
             ll: LeastLoaded::default(),
             score: CacheScore::default(),
-            oracle,
             observer: OnceLock::new(),
             probe_gate: OnceLock::new(),
         };
@@ -269,10 +248,7 @@ impl Router {
         let now = shared.clock.now();
         let now_enc = shared.epoch.encode(now);
         let params = &shared.params;
-        let strategy = match params.strategy {
-            StrategyKind::Oracle if shared.oracle.is_none() => StrategyKind::CacheAware,
-            s => s,
-        };
+        let strategy = params.strategy;
         let sticky = params.sticky_sessions;
         let prefer = match (&ctx.session_id, sticky) {
             (Some(key), true) => shared
@@ -286,7 +262,7 @@ impl Router {
             params.cost.bytes_per_token,
             now.checked_sub(params.cost.active_window).unwrap_or(now),
         );
-        let cache_aware = matches!(strategy, StrategyKind::CacheAware | StrategyKind::Oracle);
+        let cache_aware = strategy == StrategyKind::CacheAware;
 
         // Cache-aware strategies decide and insert under one model lock.
         // The classic strategies neither read nor maintain the cache model.
@@ -312,16 +288,12 @@ impl Router {
                     }
                     _ => {
                         let model = model_guard.as_deref()?;
-                        let knowledge = match (&shared.oracle, strategy) {
-                            (Some(o), StrategyKind::Oracle) => Knowledge::Oracle(model, o.as_ref()),
-                            _ => Knowledge::Model(model),
-                        };
                         let scratch = scratch.as_deref_mut()?;
                         let warm_turn = shared.warm_turn.load();
                         cache_aware::choose(
                             c,
                             &prompt,
-                            knowledge,
+                            model,
                             &params.cost,
                             prefer,
                             warm_turn,
@@ -348,10 +320,6 @@ impl Router {
                 return None;
             }
             let held = model.held(live.cache_slot, prompt.chain, pick.cached_blocks);
-            if strategy == StrategyKind::Oracle {
-                // The oracle's pick carries true cached tokens, not blocks.
-                pick.cached_blocks = model.matched_blocks(live.cache_slot, prompt.chain);
-            }
             let chain: Arc<[u64]> = Arc::from(prompt.chain);
             let inserted = model.insert(live.cache_slot, Arc::clone(&chain), prompt_tokens, now);
             Some(CacheTicket {

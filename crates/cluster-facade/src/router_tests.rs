@@ -403,3 +403,115 @@ fn seeds_state_is_updated_on_routing() {
     assert_eq!(again.decision.node_id, node);
     assert!((again.decision.confidence - 1.0).abs() < 1e-9);
 }
+
+#[tokio::test(start_paused = true)]
+async fn one_prefill_per_node_until_the_first_byte() {
+    let (_clock, r) = router(StrategyKind::RoundRobin, &["a"]);
+    let mut first = r.select(&prompt("s", "one")).unwrap().guard;
+    first.admitted(true).await;
+    assert_eq!(first.gate_wait(), Some(Duration::ZERO));
+    let mut second = r.select(&prompt("s", "two")).unwrap().guard;
+    // The second waits while the first prefills...
+    let waiting = tokio::time::timeout(Duration::from_secs(5), second.admitted(true)).await;
+    assert!(waiting.is_err(), "admitted during the first prefill");
+    // ...and goes as soon as the first byte of the first answer arrives.
+    first.first_byte();
+    tokio::time::timeout(Duration::from_millis(1), second.admitted(true))
+        .await
+        .expect("admitted after the first byte");
+    // A node tagged `prefill_concurrency = "0"` is not gated.
+    r.publish(vec![NodeEntry::new(
+        {
+            let mut spec = NodeSpec::new("a", "http://a:1");
+            spec.tags
+                .insert(crate::TAG_PREFILL_CONCURRENCY.to_owned(), "0".to_owned());
+            spec
+        },
+        NodeStatus::Healthy,
+    )]);
+    let mut third = r.select(&prompt("s", "three")).unwrap().guard;
+    tokio::time::timeout(Duration::from_millis(1), third.admitted(true))
+        .await
+        .expect("ungated node");
+    drop((first, second, third));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stuck_prefill_releases_the_gate_after_its_hold_limit() {
+    let (_clock, r) = router(StrategyKind::RoundRobin, &["a"]);
+    let mut stuck = r.select(&prompt("s", "one")).unwrap().guard;
+    stuck.admitted(true).await;
+    let mut next = r.select(&prompt("s", "two")).unwrap().guard;
+    // A streamed request holds the slot at least 10 s without a first byte.
+    let early = tokio::time::timeout(Duration::from_secs(9), next.admitted(true)).await;
+    assert!(early.is_err());
+    tokio::time::timeout(Duration::from_secs(2), next.admitted(true))
+        .await
+        .expect("released by the hold limit");
+    // A cancelled (dropped) request frees its slot at once.
+    let mut later = r.select(&prompt("s", "three")).unwrap().guard;
+    let mut after = r.select(&prompt("s", "four")).unwrap().guard;
+    drop(next);
+    later.admitted(false).await;
+    drop(later);
+    tokio::time::timeout(Duration::from_millis(1), after.admitted(true))
+        .await
+        .expect("freed by the drop");
+    drop((stuck, after));
+}
+
+#[test]
+fn reports_teach_rates_token_ratio_fidelity_and_capacity() {
+    let (clock, r) = router(StrategyKind::CacheAware, &["a"]);
+    let a = NodeId::from("a");
+    let sys = "You are a careful agent. ".repeat(400); // 10 KB
+    let t1 = prompt(&sys, &"first task ".repeat(60));
+    let mut g = r.select(&t1).unwrap().guard;
+    clock.advance(Duration::from_secs(2));
+    g.first_byte();
+    // The node counts 2 tokens per 3 bytes, not 1 per 4.
+    let bytes = t1.fingerprint.total_bytes();
+    let p1 = u32::try_from(bytes * 2 / 3).unwrap();
+    g.finish(RequestOutcome::success_with_usage(p1, 0, 30));
+    let rate = r.prefill_rate(&a).unwrap();
+    assert!((rate - f64::from(p1) / 2.0).abs() < 1.0, "{rate}");
+    // The next turn extends the first: predicted = prompt + reply, and the
+    // node confirms it exactly.
+    let t2 = {
+        let mut b = PrefixFingerprint::builder(256);
+        b.push_segment(SegmentKind::System, &sys)
+            .push_segment(
+                SegmentKind::Message { role: "user" },
+                &"first task ".repeat(60),
+            )
+            .push_segment(SegmentKind::Message { role: "assistant" }, "done")
+            .push_segment(SegmentKind::Message { role: "user" }, &"more ".repeat(80));
+        RoutingContext {
+            fingerprint: b.finish(),
+            ..RoutingContext::default()
+        }
+    };
+    let s2 = r.select(&t2).unwrap();
+    assert_eq!(s2.decision.reason, RoutingReason::CacheHit);
+    let p2 = u32::try_from(t2.fingerprint.total_bytes() * 2 / 3).unwrap();
+    s2.guard
+        .finish(RequestOutcome::success_with_usage(p2, p1 + 30, 20));
+    // Both predictions held (the first: nothing cached, as predicted).
+    let m = r.node_metrics(&a).unwrap();
+    assert_eq!(m.cache_predictions_total, 2);
+    assert_eq!(m.cache_prediction_within_block, Some(1.0));
+    assert_eq!(m.completion_tokens_total, 50);
+    // A sibling conversation predicted to hit the system prompt, which the
+    // node had evicted: a clear loss, so the learned entry limit shrinks.
+    let limit = r.shared.cache.lock().entry_limit(0);
+    let t3 = prompt(&sys, &"a different task ".repeat(60));
+    let s3 = r.select(&t3).unwrap();
+    let p3 = u32::try_from(t3.fingerprint.total_bytes() * 2 / 3).unwrap();
+    s3.guard
+        .finish(RequestOutcome::success_with_usage(p3, 0, 20));
+    let m = r.node_metrics(&a).unwrap();
+    assert_eq!(m.cache_predictions_total, 3);
+    let fidelity = m.cache_prediction_within_block.unwrap();
+    assert!((fidelity - 2.0 / 3.0).abs() < 1e-9, "{fidelity}");
+    assert!(r.shared.cache.lock().entry_limit(0) < limit);
+}

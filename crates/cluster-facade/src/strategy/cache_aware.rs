@@ -56,30 +56,12 @@
 use std::sync::atomic::Ordering;
 
 use cluster_types::fingerprint::xxh64;
-use cluster_types::{NodeId, RoutingContext, RoutingReason};
+use cluster_types::{RoutingContext, RoutingReason};
 
 use super::{Candidates, Pick, f, margin};
 use crate::cache_model::CacheModel;
 use crate::params::CostParams;
 use crate::snapshot::SnapNode;
-
-/// Tells the oracle strategy what each node's cache really holds
-/// (benchmarks and simulations only; production routing never has this).
-pub trait CacheOracle: Send + Sync + std::fmt::Debug {
-    /// Prompt tokens of the request described by `ctx` that `node` would
-    /// serve from its prompt cache if the request arrived now.
-    fn cached_tokens(&self, node: &NodeId, ctx: &RoutingContext) -> u64;
-}
-
-/// Where cached-prefix knowledge comes from.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Knowledge<'a> {
-    /// The cache model alone.
-    Model(&'a CacheModel),
-    /// True cached tokens from the oracle (the model still gives shared
-    /// prefixes and active conversations).
-    Oracle(&'a CacheModel, &'a dyn CacheOracle),
-}
 
 /// The request as the cost model sees it.
 #[derive(Debug, Clone, Copy)]
@@ -271,16 +253,12 @@ pub(crate) struct Scratch {
 pub(crate) fn choose(
     c: &Candidates<'_>,
     prompt: &Prompt<'_>,
-    knowledge: Knowledge<'_>,
+    model: &CacheModel,
     cost: &CostParams,
     prefer: Option<u32>,
     warm_turn: f64,
     scratch: &mut Scratch,
 ) -> Option<Pick> {
-    let (model, oracle) = match knowledge {
-        Knowledge::Model(m) => (m, None),
-        Knowledge::Oracle(m, o) => (m, Some(o)),
-    };
     let shared = model.shared_prefix(prompt.chain, 2);
     let since = prompt.active_since;
     let n = c.len();
@@ -320,66 +298,52 @@ pub(crate) fn choose(
     };
     scratch.evals.clear();
     let evals = &mut scratch.evals;
-    match oracle {
-        Some(oracle) => {
-            for k in c.allowed_positions() {
-                let node = c.node(k);
-                let cached = oracle
-                    .cached_tokens(&node.entry.spec.id, prompt.ctx)
-                    .min(prompt.tokens(node).saturating_sub(1));
-                let matched = model.matched_blocks(node.live.cache_slot, prompt.chain);
-                evals.push(eval(c.index(k), node, matched, cached));
+    let matches = &scratch.matches;
+    let matched_of = |node: &SnapNode| {
+        matches
+            .iter()
+            .find(|(s, _)| *s == node.live.cache_slot)
+            .map_or(0, |&(_, m)| m)
+    };
+    let push = |evals: &mut Vec<Eval>, i: u32, matched: usize| {
+        let node = c.snap.node(i);
+        let cached = predicted_cached(model, node, prompt, matched);
+        evals.push(eval(i, node, matched, cached));
+    };
+    if n <= cost.full_scan_limit {
+        for k in c.allowed_positions() {
+            let matched = matched_of(c.node(k));
+            push(evals, c.index(k), matched);
+        }
+    } else {
+        for &(slot, matched) in matches {
+            if let Some(i) = c.snap.index_of_slot(slot)
+                && c.admits(i)
+            {
+                push(evals, i, matched);
             }
         }
-        None => {
-            let matches = &scratch.matches;
-            let matched_of = |node: &SnapNode| {
-                matches
-                    .iter()
-                    .find(|(s, _)| *s == node.live.cache_slot)
-                    .map_or(0, |&(_, m)| m)
-            };
-            let push = |evals: &mut Vec<Eval>, i: u32, matched: usize| {
-                let node = c.snap.node(i);
-                let cached = predicted_cached(model, node, prompt, matched);
-                evals.push(eval(i, node, matched, cached));
-            };
-            if n <= cost.full_scan_limit {
-                for k in c.allowed_positions() {
-                    let matched = matched_of(c.node(k));
-                    push(evals, c.index(k), matched);
-                }
-            } else {
-                for &(slot, matched) in matches {
-                    if let Some(i) = c.snap.index_of_slot(slot)
-                        && c.admits(i)
-                    {
-                        push(evals, i, matched);
-                    }
-                }
-                let key = prompt.key(0, cost.rendezvous_blocks);
-                let samples = cost.sample_candidates.max(1);
-                let mut j = 0u64;
-                let mut added = 0;
-                // Deterministic probes; give up after a few rounds of
-                // excluded / saturated / duplicate hits.
-                while added < samples && j < 4 * samples as u64 + 8 {
-                    let h = rendezvous(key, j);
-                    j += 1;
-                    let k = usize::try_from(h % n as u64).unwrap_or(0);
-                    let i = c.index(k);
-                    if c.allowed(k) && !evals.iter().any(|e| e.index == i) {
-                        push(evals, i, matched_of(c.node(k)));
-                        added += 1;
-                    }
-                }
-                if evals.is_empty() {
-                    // Everything sampled was unusable: scan.
-                    for k in c.allowed_positions() {
-                        let matched = matched_of(c.node(k));
-                        push(evals, c.index(k), matched);
-                    }
-                }
+        let key = prompt.key(0, cost.rendezvous_blocks);
+        let samples = cost.sample_candidates.max(1);
+        let mut j = 0u64;
+        let mut added = 0;
+        // Deterministic probes; give up after a few rounds of
+        // excluded / saturated / duplicate hits.
+        while added < samples && j < 4 * samples as u64 + 8 {
+            let h = rendezvous(key, j);
+            j += 1;
+            let k = usize::try_from(h % n as u64).unwrap_or(0);
+            let i = c.index(k);
+            if c.allowed(k) && !evals.iter().any(|e| e.index == i) {
+                push(evals, i, matched_of(c.node(k)));
+                added += 1;
+            }
+        }
+        if evals.is_empty() {
+            // Everything sampled was unusable: scan.
+            for k in c.allowed_positions() {
+                let matched = matched_of(c.node(k));
+                push(evals, c.index(k), matched);
             }
         }
     }
@@ -449,7 +413,7 @@ mod tests {
     use crate::live::Epoch;
     use crate::snapshot::ClusterSnapshot;
     use cluster_metrics::{Clock, ManualClock};
-    use cluster_types::{PrefixFingerprint, SegmentKind};
+    use cluster_types::{NodeId, PrefixFingerprint, SegmentKind};
 
     /// A chat prompt with one token per 4 bytes.
     fn ctx(system: &str, messages: &[(&'static str, &str)]) -> RoutingContext {
@@ -519,7 +483,7 @@ mod tests {
             choose(
                 &cands,
                 &p,
-                Knowledge::Model(&self.model),
+                &self.model,
                 cost,
                 prefer,
                 warm,
@@ -682,39 +646,6 @@ mod tests {
         assert!(p.tokens(s.snap.node(0)).abs_diff(before * 2) <= 1);
     }
 
-    #[derive(Debug)]
-    struct Truth;
-    impl CacheOracle for Truth {
-        fn cached_tokens(&self, node: &NodeId, ctx: &RoutingContext) -> u64 {
-            if node.as_str() == "n1" {
-                u64::from(ctx.prompt_tokens_estimate) / 2
-            } else {
-                0
-            }
-        }
-    }
-
-    #[test]
-    fn oracle_knowledge() {
-        let s = setup(3);
-        let none = vec![];
-        let c = healthy(&s.snap, &none, s.epoch, &s.clock);
-        let req = ctx(&"y".repeat(8000), &[("user", "q")]);
-        let p = Prompt::new(&req, 4, Instant::now());
-        let pick = choose(
-            &c,
-            &p,
-            Knowledge::Oracle(&s.model, &Truth),
-            &CostParams::default(),
-            None,
-            0.0,
-            &mut Scratch::default(),
-        )
-        .unwrap();
-        assert_eq!((pick.index, pick.reason), (1, RoutingReason::CacheHit));
-        assert!((pick.confidence - 0.5).abs() < 0.01);
-    }
-
     #[test]
     fn large_clusters_evaluate_holders_plus_samples() {
         let mut s = setup(500);
@@ -726,16 +657,7 @@ mod tests {
         let p = Prompt::new(&req, 4, Instant::now());
         let mut scratch = Scratch::default();
         let go = |c: &Candidates<'_>, p: &Prompt<'_>, scratch: &mut Scratch| {
-            choose(
-                c,
-                p,
-                Knowledge::Model(&s.model),
-                &CostParams::default(),
-                None,
-                0.0,
-                scratch,
-            )
-            .unwrap()
+            choose(c, p, &s.model, &CostParams::default(), None, 0.0, scratch).unwrap()
         };
         let pick = go(&c, &p, &mut scratch);
         // Snapshot indices follow id order ("n0", "n1", "n10", ...), not slots.
