@@ -66,10 +66,36 @@ def main() -> None:
         else None,
     }
 
+    # Streamed without asking for usage: the gateway asks the node for it
+    # (the router learns from every answer) and removes it again, so the
+    # client sees the stream it asked for.
+    stream = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=8, stream=True
+    )
+    usage_chunks = 0
+    empty_choices = 0
+    pieces = []
+    chunks = 0
+    for chunk in stream:
+        chunks += 1
+        if chunk.usage is not None:
+            usage_chunks += 1
+        if not chunk.choices:
+            empty_choices += 1
+        for choice in chunk.choices:
+            if choice.delta and choice.delta.content:
+                pieces.append(choice.delta.content)
+    assert chunks >= 2 and pieces, chunks
+    assert usage_chunks == 0 and empty_choices == 0, (usage_chunks, empty_choices)
+    out["stream_no_usage"] = {"chunks": chunks, "usage_chunks": usage_chunks}
+
     # Text completion.
     completion = client.completions.create(model=model, prompt="Once upon a time", max_tokens=4)
     assert completion.choices and completion.choices[0].text is not None, completion
-    out["completion"] = {"text": completion.choices[0].text}
+    out["completion"] = {
+        "text": completion.choices[0].text,
+        "prompt_tokens": completion.usage.prompt_tokens if completion.usage else None,
+    }
 
     # Models listed by the gateway.
     out["models"] = [m.id for m in client.models.list().data]

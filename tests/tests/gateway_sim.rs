@@ -115,6 +115,17 @@ async fn openai_python_sdk_streams_and_not_through_the_gateway() {
     assert!(result["stream"]["prompt_tokens"].as_u64().unwrap() > 0);
     assert!(result["chat"]["prompt_tokens"].as_u64().unwrap() > 0);
     assert_eq!(result["error"]["status"], 400);
+    // The stream without usage reached the router with its counts: every
+    // forwarded request's prompt tokens are in the cluster's total (the
+    // usage-less stream sent the same prompt as the other stream).
+    assert_eq!(result["stream_no_usage"]["usage_chunks"], 0);
+    let tokens = |k: &str| result[k]["prompt_tokens"].as_u64().unwrap();
+    let expected = tokens("chat") + 2 * tokens("stream") + tokens("completion");
+    assert_eq!(
+        gw.cluster.status().metrics.prompt_tokens_total,
+        expected,
+        "{result}"
+    );
     assert_eq!(result["models"], json!([model]));
     gw.stop().await;
     fleet.shutdown().await;
