@@ -7,7 +7,33 @@
 
 use std::process::Command;
 
-use crate::util::{cargo, run_step};
+use crate::setup;
+use crate::util::{cargo, run_step, workspace_root};
+
+/// What the real-node routing benchmark needs before it runs: the test
+/// fixtures (into `cmd`'s environment), SMG's venv (its `smg` is passed on
+/// with `--smg`) and a release build of the gateway.
+fn real_routing_prelude(cmd: &mut Command) -> Result<(), String> {
+    let env = setup::run()?;
+    for (key, value) in env.vars() {
+        cmd.env(key, value);
+    }
+    let smg = setup::ensure_smg_venv()?.join("bin/smg");
+    run_step(
+        "build gateway",
+        cargo().args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "cluster-gateway",
+            "--bin",
+            "mlx-cluster",
+        ]),
+    )?;
+    cmd.env("REAL_ROUTING_SMG", smg);
+    Ok(())
+}
 
 /// A named benchmark: what it measures and the cargo arguments that run it.
 struct Bench {
@@ -27,9 +53,20 @@ enum Kind {
     Plain,
     /// `cargo run --release --example NAME -- ARGS`.
     Example(&'static [&'static str]),
+    /// The real-node routing benchmark: fixtures, SMG's venv and the release
+    /// gateway first, then `cargo run --release -p cluster-tests --example
+    /// real_routing` with every `--flag value` given after the name.
+    RealRouting,
 }
 
 const BENCHES: &[Bench] = &[
+    Bench {
+        name: "real-routing",
+        about: "routers on 3 real mlx_lm.server nodes (ours, SMG, nginx, one node) in one run: hit ratio, TTFT, balance (about 40 min; flags after the name go to the example)",
+        package: "cluster-tests",
+        target: Some("real_routing"),
+        kind: Kind::RealRouting,
+    },
     Bench {
         name: "health-scale",
         about: "10,000 loopback endpoints checked every second for a minute: CPU and peak RSS",
@@ -89,11 +126,24 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         return Ok(());
     }
     let full = args.iter().any(|a| a == "--full");
-    let names: Vec<&str> = args
-        .iter()
-        .map(String::as_str)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    // `real-routing` takes `--flag value` pairs (and bare `--seed-per-round`)
+    // for its example; everything else is a bench name.
+    let mut names: Vec<&str> = Vec::new();
+    let mut passthrough: Vec<String> = Vec::new();
+    let mut it = args.iter().map(String::as_str).peekable();
+    while let Some(a) = it.next() {
+        if a == "--full" {
+            continue;
+        }
+        if a.starts_with("--") {
+            passthrough.push(a.to_owned());
+            if let Some(v) = it.next_if(|v| !v.starts_with("--")) {
+                passthrough.push(v.to_owned());
+            }
+        } else {
+            names.push(a);
+        }
+    }
     for name in &names {
         if !BENCHES.iter().any(|b| b.name == *name) {
             let known: Vec<_> = BENCHES.iter().map(|b| b.name).collect();
@@ -106,6 +156,20 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     {
         let mut cmd: Command = cargo();
         match bench.kind {
+            Kind::RealRouting => {
+                real_routing_prelude(&mut cmd)?;
+                cmd.args(["run", "--release", "--locked", "-p", bench.package]);
+                if let Some(target) = bench.target {
+                    cmd.args(["--example", target]);
+                }
+                let root = workspace_root();
+                cmd.arg("--")
+                    .arg("--gateway")
+                    .arg(root.join("target/release/mlx-cluster"))
+                    .arg("--work")
+                    .arg(root.join("target/real-routing"))
+                    .args(&passthrough);
+            }
             Kind::Example(example_args) => {
                 cmd.args(["run", "--release", "--locked", "-p", bench.package]);
                 if let Some(target) = bench.target {

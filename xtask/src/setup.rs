@@ -162,10 +162,22 @@ fn ensure_python_venv_support() -> Result<String, String> {
 }
 
 fn ensure_venv(python: &str, cache: &Path) -> Result<PathBuf, String> {
-    let requirements = workspace_root().join("scripts/requirements-mlx.txt");
+    ensure_venv_from(python, cache, "venv", "scripts/requirements-mlx.txt")
+}
+
+/// A venv named `<prefix>-<key>` under `cache` with the pinned packages of
+/// `requirements` (relative to the workspace root; the key is a hash of its
+/// bytes), built once and reused while the file is unchanged.
+pub(crate) fn ensure_venv_from(
+    python: &str,
+    cache: &Path,
+    prefix: &str,
+    requirements: &str,
+) -> Result<PathBuf, String> {
+    let requirements = workspace_root().join(requirements);
     let pins = std::fs::read(&requirements)
         .map_err(|e| format!("cannot read {}: {e}", requirements.display()))?;
-    let venv = cache.join(format!("venv-{}", fnv1a(&[&pins])));
+    let venv = cache.join(format!("{prefix}-{}", fnv1a(&[&pins])));
     if venv.join(".complete").exists() {
         eprintln!("setup: venv ready at {}", venv.display());
         return Ok(venv);
@@ -191,35 +203,22 @@ fn ensure_venv(python: &str, cache: &Path) -> Result<PathBuf, String> {
     Ok(venv)
 }
 
-/// A venv of `scripts/requirements-NAME.txt` at `venv-NAME-<key>` (python-zeroconf
-/// for the mDNS tests, ...).
+/// A venv of `scripts/requirements-NAME.txt` at `venv-NAME-<key>`
+/// (python-zeroconf for the mDNS tests, SMG for the routing benchmark, ...).
 fn ensure_small_venv(python: &str, cache: &Path, name: &str) -> Result<PathBuf, String> {
-    let requirements = workspace_root().join(format!("scripts/requirements-{name}.txt"));
-    let pins = std::fs::read(&requirements)
-        .map_err(|e| format!("cannot read {}: {e}", requirements.display()))?;
-    let venv = cache.join(format!("venv-{name}-{}", fnv1a(&[&pins])));
-    if venv.join(".complete").exists() {
-        eprintln!("setup: {name} venv ready at {}", venv.display());
-        return Ok(venv);
-    }
-    if venv.exists() {
-        std::fs::remove_dir_all(&venv)
-            .map_err(|e| format!("cannot remove half-built {}: {e}", venv.display()))?;
-    }
-    std::fs::create_dir_all(cache)
-        .map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
-    run_step(
-        &format!("{name} venv"),
-        Command::new(python).arg("-m").arg("venv").arg(&venv),
-    )?;
-    run_step(
-        &format!("pip install {name}"),
-        Command::new(venv.join("bin/pip"))
-            .args(["install", "--disable-pip-version-check", "-q", "-r"])
-            .arg(&requirements),
-    )?;
-    mark_complete(&venv)?;
-    Ok(venv)
+    ensure_venv_from(
+        python,
+        cache,
+        &format!("venv-{name}"),
+        &format!("scripts/requirements-{name}.txt"),
+    )
+}
+
+/// The venv with SMG (`scripts/requirements-smg.txt`), for the real-node
+/// routing benchmark.
+pub(crate) fn ensure_smg_venv() -> Result<PathBuf, String> {
+    let python = ensure_python_venv_support()?;
+    ensure_small_venv(&python, &cache_dir()?, "smg")
 }
 
 fn ensure_tiny_model(venv: &Path, cache: &Path) -> Result<PathBuf, String> {
