@@ -281,6 +281,12 @@ impl CacheModel {
         self.params
     }
 
+    /// Replaces the limits (config reload); entries over a smaller limit go
+    /// at the next insert or expiry.
+    pub fn set_params(&mut self, params: CacheModelParams) {
+        self.params = params;
+    }
+
     /// Registers a node; returns its slot (slots of removed nodes are reused).
     pub fn add_node(&mut self) -> u32 {
         if let Some(slot) = self.free.pop() {

@@ -71,6 +71,30 @@ pub enum FacadeError {
         /// The id.
         node: NodeId,
     },
+    /// A node given to [`Cluster::add_node`](crate::Cluster::add_node) is
+    /// unusable (bad id or URL, weight 0). Code `INVALID_NODE`.
+    #[error("node {node} cannot be added: {message}")]
+    InvalidNode {
+        /// The id given.
+        node: NodeId,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A node with this id is already in the cluster (added at run time or
+    /// discovered). Code `NODE_EXISTS`.
+    #[error("node {node} already exists")]
+    NodeExists {
+        /// The id.
+        node: NodeId,
+    },
+    /// [`Cluster::remove_node`](crate::Cluster::remove_node) was asked for a
+    /// node that was not added at run time (configured and discovered
+    /// nodes change with the configuration). Code `NOT_A_RUNTIME_NODE`.
+    #[error("node {node} was not added at run time; change the configuration instead")]
+    NotRuntimeNode {
+        /// The id.
+        node: NodeId,
+    },
     /// Refreshing discovery failed (the last good node set is kept). Code
     /// `DISCOVERY_FAILED`.
     #[error("discovery refresh failed: {source}")]
@@ -95,7 +119,8 @@ fn fmt_nodes(nodes: &[(NodeId, NodeStatus)]) -> String {
 impl FacadeError {
     /// The seeds' error code: `INVALID_CONFIG`, `ALREADY_INITIALIZED`,
     /// `NOT_INITIALIZED`, `INITIALIZATION_FAILED`, plus `NO_ROUTABLE_NODE`,
-    /// `UNKNOWN_NODE` and `DISCOVERY_FAILED`.
+    /// `UNKNOWN_NODE`, `DISCOVERY_FAILED`, `INVALID_NODE`, `NODE_EXISTS` and
+    /// `NOT_A_RUNTIME_NODE`.
     #[must_use]
     pub fn code(&self) -> &'static str {
         match self {
@@ -108,6 +133,9 @@ impl FacadeError {
             Self::NoRoutableNode { .. } => "NO_ROUTABLE_NODE",
             Self::UnknownNode { .. } => "UNKNOWN_NODE",
             Self::Discovery { .. } => "DISCOVERY_FAILED",
+            Self::InvalidNode { .. } => "INVALID_NODE",
+            Self::NodeExists { .. } => "NODE_EXISTS",
+            Self::NotRuntimeNode { .. } => "NOT_A_RUNTIME_NODE",
         }
     }
 }

@@ -239,6 +239,7 @@ impl RequestGuard {
         } else {
             self.shared
                 .params
+                .load()
                 .cost
                 .default_prefill_tokens_per_second
                 .max(1.0)
@@ -351,7 +352,7 @@ impl RequestGuard {
                 }
             }
             RequestOutcome::Overloaded { retry_after } => {
-                let p = &shared.params;
+                let p = shared.params.load();
                 let wait = retry_after
                     .unwrap_or(p.overload_backoff)
                     .min(p.max_overload_backoff);
@@ -404,7 +405,8 @@ impl RequestGuard {
     /// model's fidelity, and the cache model itself.
     fn learn(&mut self, prompt: u64, cached: u64, reply: u64) {
         let shared = Arc::clone(&self.shared);
-        let cost = &shared.params.cost;
+        let params = shared.params.load();
+        let cost = &params.cost;
         let live = Arc::clone(&self.live);
         live.last_reported_cached.store(cached, Ordering::Relaxed);
         if prompt == 0 {

@@ -51,12 +51,16 @@ mod coordinator;
 mod error;
 mod events;
 mod guard;
+mod layered;
 mod live;
 mod manager;
 #[cfg(test)]
 mod manager_tests;
 mod params;
 mod prefill_gate;
+mod reload;
+#[cfg(test)]
+mod reload_tests;
 mod router;
 #[cfg(test)]
 mod router_tests;
@@ -73,8 +77,10 @@ pub use coordinator::{WARMUP_USER_MESSAGE, warmup_context};
 pub use error::FacadeError;
 pub use events::ClusterEvent;
 pub use guard::{FailureKind, NodeTarget, RequestGuard, RequestOutcome, Selection};
+pub use layered::{RUNTIME_ORIGIN, TAG_RUNTIME};
 pub use manager::{Cluster, ClusterBuilder, EVENT_CAPACITY};
 pub use params::{CostParams, RouterParams, StrategyKind};
 pub use prefill_gate::TAG_PREFILL_CONCURRENCY;
+pub use reload::ReloadReport;
 pub use router::{Router, TAG_CACHE_ENTRIES, TAG_CACHE_TOKENS};
 pub use snapshot::{ClusterSnapshot, NodeEntry};

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use cluster_discovery::{
     ClusterDiscovery, DiscoveryEvent, DiscoverySource, NodeValidator, options_from_config,
     source_from_config,
@@ -26,6 +27,7 @@ use crate::coordinator::{self, Coordinator};
 use crate::error::FacadeError;
 use crate::events::ClusterEvent;
 use crate::guard::{ProbeGate, ProbeTicket, RequestOutcome, Selection};
+use crate::layered::LayeredSource;
 use crate::params::RouterParams;
 use crate::router::{OutcomeObserver, Router};
 use crate::snapshot::NodeEntry;
@@ -150,8 +152,10 @@ impl ClusterBuilder {
                 .await
                 .map_err(|e| init("discovery")(Box::new(e)))?,
         };
+        let layered = Arc::new(LayeredSource::new(source));
         let mut builder =
-            ClusterDiscovery::builder(source).options(options_from_config(&config.discovery));
+            ClusterDiscovery::builder(Arc::clone(&layered) as Arc<dyn DiscoverySource>)
+                .options(options_from_config(&config.discovery));
         if let Some(v) = self.validator {
             builder = builder.shared_validator(v);
         }
@@ -204,7 +208,9 @@ impl ClusterBuilder {
         let inner = Arc::new(Inner {
             coordinator: Coordinator::new(http, &config.cache),
             metrics: MetricsRegistry::with_clock(Arc::clone(&clock)),
-            config,
+            config: ArcSwap::from_pointee(config),
+            layered,
+            reload: tokio::sync::Mutex::new(()),
             clock,
             discovery,
             health,
@@ -277,12 +283,17 @@ impl ProbeGate for HealthGate {
     }
 }
 
-struct Inner {
-    config: ClusterConfig,
+pub(crate) struct Inner {
+    /// The configuration in force (swapped by [`Cluster::reload`]).
+    pub(crate) config: ArcSwap<ClusterConfig>,
+    /// The configured source plus the nodes added at run time.
+    pub(crate) layered: Arc<LayeredSource>,
+    /// Serialises reloads and runtime node changes.
+    pub(crate) reload: tokio::sync::Mutex<()>,
     clock: SharedClock,
-    discovery: ClusterDiscovery,
-    health: Arc<ClusterHealth>,
-    router: Router,
+    pub(crate) discovery: ClusterDiscovery,
+    pub(crate) health: Arc<ClusterHealth>,
+    pub(crate) router: Router,
     coordinator: Coordinator,
     metrics: MetricsRegistry,
     events: broadcast::Sender<ClusterEvent>,
@@ -295,14 +306,14 @@ struct Inner {
 }
 
 impl Inner {
-    fn emit(&self, event: ClusterEvent) {
+    pub(crate) fn emit(&self, event: ClusterEvent) {
         // No subscriber is fine.
         let _ = self.events.send(event);
     }
 
     /// Starts tracking a node in health; a node that passed discovery's
     /// validation counts as one successful check.
-    fn track(&self, spec: cluster_types::NodeSpec) {
+    pub(crate) fn track(&self, spec: cluster_types::NodeSpec) {
         let id = spec.id.clone();
         if self.health.add_node(spec) {
             self.health
@@ -313,7 +324,7 @@ impl Inner {
     /// Publishes a new snapshot from discovery's nodes, health's statuses
     /// and the drain set; syncs the metrics registry; announces a cluster
     /// status change.
-    fn rebuild(&self) {
+    pub(crate) fn rebuild(&self) {
         let _guard = self.rebuild.lock();
         let drained = self.drained.lock().clone();
         let entries: Vec<NodeEntry> = self
@@ -372,8 +383,8 @@ impl Inner {
                 Self::spawn_warmup(self, node.spec().clone(), node.models.first().cloned());
             }
             DiscoveryEvent::Lost(node) => {
+                // A drained node stays drained if it comes back (same id).
                 self.health.remove_node(node.id());
-                self.drained.lock().remove(node.id());
                 self.rebuild();
                 self.emit(ClusterEvent::NodeLost {
                     node: node.id().clone(),
@@ -455,13 +466,18 @@ impl Inner {
             }
         }));
         let weak: Weak<Self> = Arc::downgrade(this);
-        let interval = this
-            .config
-            .cache
-            .sync_interval
-            .max(Duration::from_millis(100));
         tasks.push(tokio::spawn(async move {
             loop {
+                // Read each round: a reload may change it.
+                let interval = match weak.upgrade() {
+                    Some(inner) => inner
+                        .config
+                        .load()
+                        .cache
+                        .sync_interval
+                        .max(Duration::from_millis(100)),
+                    None => break,
+                };
                 tokio::time::sleep(interval).await;
                 let Some(inner) = weak.upgrade() else { break };
                 inner.housekeeping().await;
@@ -474,7 +490,7 @@ impl Inner {
         let now = self.clock.now();
         self.router.expire(now);
         let snap = self.router.snapshot();
-        let timeout = self.config.health.timeout;
+        let timeout = self.config.load().health.timeout;
         for entry in snap.entries() {
             if !entry.status.is_routable() {
                 continue;
@@ -501,7 +517,9 @@ impl Inner {
     }
 
     fn spawn_warmup(this: &Arc<Self>, spec: cluster_types::NodeSpec, model: Option<String>) {
-        if this.config.cache.warmup_prompts.is_empty() || this.stopped.load(Ordering::Acquire) {
+        if this.config.load().cache.warmup_prompts.is_empty()
+            || this.stopped.load(Ordering::Acquire)
+        {
             return;
         }
         let weak: Weak<Self> = Arc::downgrade(this);
@@ -512,7 +530,7 @@ impl Inner {
                 &inner.coordinator.http,
                 &inner.router,
                 &limit,
-                &inner.config.cache,
+                &inner.config.load().cache,
                 &spec,
                 model.as_deref(),
             )
@@ -546,7 +564,7 @@ impl Inner {
 /// ```
 #[derive(Clone)]
 pub struct Cluster {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -575,7 +593,7 @@ impl Cluster {
         ClusterBuilder::new(config)
     }
 
-    fn running(&self, operation: &'static str) -> Result<(), FacadeError> {
+    pub(crate) fn running(&self, operation: &'static str) -> Result<(), FacadeError> {
         if self.inner.stopped.load(Ordering::Acquire) {
             Err(FacadeError::NotInitialized { operation })
         } else {
@@ -690,7 +708,9 @@ impl Cluster {
         Ok(())
     }
 
-    /// The drained nodes, sorted.
+    /// The drained nodes, sorted — also those currently gone: a drained
+    /// node that leaves discovery and comes back (same id) stays drained
+    /// until undrained.
     #[must_use]
     pub fn drained(&self) -> Vec<NodeId> {
         self.inner.drained.lock().iter().cloned().collect()
@@ -752,10 +772,11 @@ impl Cluster {
         }
     }
 
-    /// The configuration the cluster was started with.
+    /// The configuration in force: the one the cluster was started with,
+    /// or the last one [`reload`](Self::reload) applied.
     #[must_use]
-    pub fn config(&self) -> &ClusterConfig {
-        &self.inner.config
+    pub fn config(&self) -> Arc<ClusterConfig> {
+        self.inner.config.load_full()
     }
 
     /// The routing core (snapshot, cache model, per-node figures).

@@ -17,8 +17,8 @@ use crate::{Cluster, ClusterEvent, FacadeError, FailureKind, RequestOutcome};
 
 /// Health checks that pass unless the node is listed as down.
 #[derive(Default)]
-struct Script {
-    down: Mutex<HashSet<String>>,
+pub(crate) struct Script {
+    pub(crate) down: Mutex<HashSet<String>>,
 }
 
 #[async_trait]
@@ -47,13 +47,13 @@ impl NodeValidator for Models {
     }
 }
 
-fn specs(ids: &[&str]) -> Vec<NodeSpec> {
+pub(crate) fn specs(ids: &[&str]) -> Vec<NodeSpec> {
     ids.iter()
         .map(|id| NodeSpec::new(*id, format!("http://127.0.0.1:9/{id}")))
         .collect()
 }
 
-fn config(ids: &[&str]) -> ClusterConfig {
+pub(crate) fn config(ids: &[&str]) -> ClusterConfig {
     let mut c = ClusterConfig {
         discovery: cluster_types::DiscoveryConfig::Static(StaticDiscovery {
             nodes: specs(ids),
@@ -78,7 +78,7 @@ async fn start(ids: &[&str], script: Arc<Script>, source: Arc<StaticSource>) -> 
 }
 
 /// Lets the event tasks run.
-async fn settle() {
+pub(crate) async fn settle() {
     for _ in 0..20 {
         tokio::task::yield_now().await;
     }

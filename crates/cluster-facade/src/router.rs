@@ -52,7 +52,8 @@ struct Publisher {
 
 /// State shared by the router and every request guard.
 pub(crate) struct RouterShared {
-    pub(crate) params: RouterParams,
+    /// Swapped whole by [`Router::set_params`] (config reload).
+    pub(crate) params: ArcSwap<RouterParams>,
     pub(crate) clock: SharedClock,
     pub(crate) epoch: Epoch,
     snapshot: ArcSwap<ClusterSnapshot>,
@@ -74,7 +75,7 @@ pub(crate) struct RouterShared {
 impl fmt::Debug for RouterShared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RouterShared")
-            .field("strategy", &self.params.strategy)
+            .field("strategy", &self.params.load().strategy)
             .field("generation", &self.snapshot.load().generation())
             .finish_non_exhaustive()
     }
@@ -121,7 +122,7 @@ impl Router {
             scratch: Mutex::new(Scratch::default()),
             sessions: SessionTable::new(params.session_ttl, params.max_sessions),
             rng: Mutex::new(SmallRng::seed_from_u64(params.seed)),
-            params,
+            params: ArcSwap::from_pointee(params),
             clock,
             epoch,
             snapshot: ArcSwap::from_pointee(ClusterSnapshot::default()),
@@ -139,8 +140,18 @@ impl Router {
 
     /// The parameters in force.
     #[must_use]
-    pub fn params(&self) -> &RouterParams {
-        &self.shared.params
+    pub fn params(&self) -> Arc<RouterParams> {
+        self.shared.params.load_full()
+    }
+
+    /// Swaps the routing parameters (config reload): the next `select` uses
+    /// them, requests in flight finish under the old ones, and the cache
+    /// model takes the new capacity and TTL (trimming at its next update).
+    /// Sticky sessions keep the TTL and capacity they were created with
+    /// until a restart.
+    pub fn set_params(&self, params: RouterParams) {
+        self.shared.cache.lock().set_params(params.cache);
+        self.shared.params.store(Arc::new(params));
     }
 
     /// The router's clock.
@@ -195,8 +206,8 @@ impl Router {
                 Arc::new(NodeLive::new(
                     Arc::clone(&shared.clock),
                     slot,
-                    shared.params.success_window,
-                    shared.params.success_window_samples,
+                    shared.params.load().success_window,
+                    shared.params.load().success_window_samples,
                 ))
             });
             publisher
@@ -210,7 +221,7 @@ impl Router {
                     .and_then(|v| v.trim().parse::<u64>().ok())
             };
             let gate_limit = tag(TAG_PREFILL_CONCURRENCY)
-                .map_or(shared.params.prefill_concurrency, |v| {
+                .map_or(shared.params.load().prefill_concurrency, |v| {
                     usize::try_from(v).unwrap_or(usize::MAX)
                 });
             if live.gate.read().limit() != gate_limit {
@@ -247,7 +258,8 @@ impl Router {
         let snap = shared.snapshot.load();
         let now = shared.clock.now();
         let now_enc = shared.epoch.encode(now);
-        let params = &shared.params;
+        let params_now = shared.params.load();
+        let params = &**params_now;
         let strategy = params.strategy;
         let sticky = params.sticky_sessions;
         let prefer = match (&ctx.session_id, sticky) {
@@ -512,7 +524,8 @@ impl Router {
         }
         let now = self.shared.clock.now();
         let node = snap.node(i);
-        let tokens = Prompt::new(ctx, self.shared.params.cost.bytes_per_token, now).tokens(node);
+        let bytes_per_token = self.shared.params.load().cost.bytes_per_token;
+        let tokens = Prompt::new(ctx, bytes_per_token, now).tokens(node);
         let slot = node.live.cache_slot;
         self.shared
             .cache

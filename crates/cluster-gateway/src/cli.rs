@@ -243,6 +243,7 @@ fn hash_key(name: &str) -> ExitCode {
 
 async fn serve(args: ServeArgs) -> Result<(), GatewayError> {
     let mut config = load_serve_config(args.config.as_deref()).map_err(|e| config_error(&e))?;
+    let reload_listen = args.listen;
     if let Some(listen) = args.listen {
         config.gateway.listen = listen;
     }
@@ -260,6 +261,13 @@ async fn serve(args: ServeArgs) -> Result<(), GatewayError> {
             message: e.to_string(),
         })?;
     let gateway = Gateway::new(cluster.clone(), settings);
+    let reloader = std::sync::Arc::new(crate::reload::ConfigReloader::new(
+        cluster.clone(),
+        args.config.clone(),
+        reload_listen,
+    ));
+    reloader.reload_on_sighup();
+    gateway.set_reloader((*reloader).clone());
     let local = listener.local_addr().unwrap_or(listen);
     let scheme = if config_has_tls(&gateway) {
         "https"

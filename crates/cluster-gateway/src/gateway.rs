@@ -141,6 +141,9 @@ pub struct Gateway {
     metrics: GatewayMetrics,
     shutting_down: AtomicBool,
     connections: Arc<ConnectionLimiter>,
+    /// Set by `serve`: what the config reload and runtime-node admin
+    /// endpoints act on.
+    reloader: std::sync::OnceLock<crate::reload::ConfigReloader>,
 }
 
 impl Gateway {
@@ -148,7 +151,7 @@ impl Gateway {
     /// configuration. Must be called inside a Tokio runtime.
     #[must_use]
     pub fn from_cluster(cluster: cluster_facade::Cluster) -> Arc<Self> {
-        let settings = GatewaySettings::from_config(cluster.config());
+        let settings = GatewaySettings::from_config(&cluster.config());
         Self::new(cluster, settings)
     }
 
@@ -163,7 +166,20 @@ impl Gateway {
             settings,
             metrics: GatewayMetrics::default(),
             shutting_down: AtomicBool::new(false),
+            reloader: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Enables `POST /admin/config/reload` and the runtime node endpoints
+    /// (`serve` does; without it they answer 501). Set once.
+    pub fn set_reloader(&self, reloader: crate::reload::ConfigReloader) {
+        let _ = self.reloader.set(reloader);
+    }
+
+    /// The reloader, when set.
+    #[must_use]
+    pub fn reloader(&self) -> Option<&crate::reload::ConfigReloader> {
+        self.reloader.get()
     }
 
     /// The HTTP routes:
@@ -177,6 +193,7 @@ impl Gateway {
     /// | `GET /metrics` | Prometheus text |
     /// | `GET /healthz`, `/readyz` | liveness, readiness |
     /// | `POST /admin/nodes/{id}/drain`, `/undrain`, `/admin/discovery/refresh` | admin (bearer token) |
+    /// | `POST /admin/config/reload`, `POST /admin/nodes`, `DELETE /admin/nodes/{id}` | admin: reload, runtime nodes |
     /// | `GET /` | the dashboard |
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
@@ -192,6 +209,12 @@ impl Gateway {
             .route("/admin/nodes/{id}/drain", post(ops::drain))
             .route("/admin/nodes/{id}/undrain", post(ops::undrain))
             .route("/admin/discovery/refresh", post(ops::refresh_discovery))
+            .route("/admin/config/reload", post(crate::reload::config_reload))
+            .route("/admin/nodes", post(crate::reload::add_node))
+            .route(
+                "/admin/nodes/{id}",
+                axum::routing::delete(crate::reload::remove_node),
+            )
             .route("/", get(ops::dashboard))
             .fallback(ops::not_found)
             .layer(axum::middleware::from_fn_with_state(

@@ -15,6 +15,8 @@
 //! - [`ops`] serves status, models, metrics, health, admin and the
 //!   dashboard; [`server`] serves it all with graceful shutdown, over TLS
 //!   when configured ([`tls`]);
+//! - [`reload`] re-reads the configuration (`SIGHUP`, admin endpoint) and
+//!   adds or removes nodes at run time;
 //! - [`auth`] checks client keys and their rate limits; [`limits`] caps
 //!   open connections (the header, body and size limits are listed there);
 //! - [`cli`], [`announce`] and [`demo`] are the command line.
@@ -61,6 +63,7 @@ pub mod metrics;
 pub mod ops;
 pub mod proxy;
 pub mod relay;
+pub mod reload;
 pub mod request;
 pub mod server;
 pub mod sniff;

@@ -194,7 +194,7 @@ pub async fn not_found(uri: http::Uri) -> ApiError {
 }
 
 /// Checks the admin bearer token (constant-time comparison).
-fn authorize(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorize(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = gw.settings().admin_token.as_ref() else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -219,7 +219,7 @@ fn authorize(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn unauthorized_response(error: ApiError) -> Response {
+pub(crate) fn unauthorized_response(error: ApiError) -> Response {
     let status = error.status;
     let mut response = error.into_response();
     if status == StatusCode::UNAUTHORIZED {
