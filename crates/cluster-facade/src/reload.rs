@@ -111,7 +111,7 @@ impl Cluster {
             let current = inner.router.params();
             let mut params = RouterParams::from_config(&config);
             params.seed = current.seed;
-            params.cost = current.cost.clone();
+            params.cost = current.cost;
             inner.router.set_params(params);
         }
         inner.config.store(Arc::new(config));
