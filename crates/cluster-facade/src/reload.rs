@@ -45,10 +45,20 @@ pub struct ReloadReport {
 }
 
 impl Cluster {
-    /// Applies `config` to the running cluster (see the
-    /// [module docs](crate::reload) for what changes when). Requests in
-    /// flight are not touched. Reloads and runtime node changes run one at a
-    /// time.
+    /// Applies `config` to the running cluster. Requests in flight are not
+    /// touched. Reloads and runtime node changes run one at a time.
+    ///
+    /// - **discovery** (the node list of `static`, or any setting or mode):
+    ///   the new source is built first (a failure rejects the reload), then
+    ///   the discovery loop restarts on it; nodes still present keep their
+    ///   health, cache model and in-flight requests, new ones are
+    ///   validated, missing ones are lost.
+    /// - **routing** (strategy) and **cache** (model capacity, TTL,
+    ///   warm-up, sync interval): the next request uses them.
+    /// - Needing a restart (listed in [`ReloadReport::restart_required`];
+    ///   the rest is still applied): `health`, `backoff`,
+    ///   `routing.session_ttl` and `routing.max_sessions`, the discovery
+    ///   timing (`refresh_interval`, `validation_timeout`) and `gateway`.
     ///
     /// # Errors
     /// [`FacadeError::InvalidConfig`] with every problem (the running

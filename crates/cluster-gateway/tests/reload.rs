@@ -129,7 +129,7 @@ async fn load(url: String, stop: Arc<AtomicBool>, ok: Arc<AtomicU64>, failed: Ar
     let mut i = 0u64;
     while !stop.load(Ordering::Relaxed) {
         i += 1;
-        let stream = i % 2 == 0;
+        let stream = i.is_multiple_of(2);
         let body = json!({
             "model": "sim",
             "stream": stream,
