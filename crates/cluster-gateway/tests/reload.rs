@@ -78,19 +78,18 @@ admin_token = "{TOKEN}"
     .unwrap();
 }
 
+/// The nodes in the gateway's status (none while it does not answer yet).
 async fn node_ids(client: &reqwest::Client, url: &str) -> Vec<(String, bool, Value)> {
-    let state: Value = client
-        .get(format!("{url}/v1/cluster/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let Ok(response) = client.get(format!("{url}/v1/cluster/status")).send().await else {
+        return Vec::new();
+    };
+    let Ok(state) = response.json::<Value>().await else {
+        return Vec::new();
+    };
     state["nodes"]
         .as_array()
-        .unwrap()
-        .iter()
+        .into_iter()
+        .flatten()
         .map(|n| {
             let status = n["status"].as_str().unwrap_or_default();
             (
