@@ -228,6 +228,8 @@ pub(crate) struct Delta<'a> {
     pub(crate) role: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tool_calls: Option<Vec<ToolCallOut<'a>>>,
 }
 
 /// A chat `message` (`content` is null when there is no text).
@@ -235,6 +237,29 @@ pub(crate) struct Delta<'a> {
 pub(crate) struct Message<'a> {
     pub(crate) role: &'a str,
     pub(crate) content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tool_calls: Option<Vec<ToolCallOut<'a>>>,
+}
+
+/// A tool call of a message, or a piece of one in a streamed delta (only
+/// the first piece carries `id`, `type` and the name).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ToolCallOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) index: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub(crate) kind: Option<&'a str>,
+    pub(crate) function: FunctionOut<'a>,
+}
+
+/// `function` of a [`ToolCallOut`].
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct FunctionOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) name: Option<&'a str>,
+    pub(crate) arguments: std::borrow::Cow<'a, str>,
 }
 
 /// One choice of a response.

@@ -20,6 +20,9 @@
 //! * [`hostile`] — misbehaving *clients* (slow-loris, idle floods, raw
 //!   malformed requests, mid-stream disconnects) and a well-behaved client
 //!   that measures what they cost it, for chaos tests of a gateway.
+//! * [`tool_calls`] — OpenAI tool calls on demand (a trigger in the last
+//!   user message), streamed in argument fragments, for clients' tool-use
+//!   round trips.
 //! * [`replay::replay`] — sends a trace to any OpenAI-compatible base URLs
 //!   and reports TTFT, latency and cache hit ratio ([`report`]).
 //!
@@ -62,6 +65,7 @@ pub mod report;
 pub mod server;
 pub mod simulation;
 pub mod tokenizer;
+pub mod tool_calls;
 pub mod workload;
 
 pub use error::SimError;

@@ -553,3 +553,89 @@ async fn empty_stream_options_end_the_stream_early_like_mlx() {
         "length"
     );
 }
+
+fn tool_request(user: &str, stream: bool) -> Value {
+    json!({
+        "model": "sim",
+        "stream": stream,
+        "stream_options": {"include_usage": true},
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": user}],
+        "tools": [{"type": "function", "function": {"name": "read_file", "description": "Read a file",
+            "parameters": {"type": "object", "properties": {"path": {"type": "string"}, "max_lines": {"type": "integer"}}, "required": ["path", "max_lines"]}}}]
+    })
+}
+
+#[tokio::test]
+async fn tool_calls_on_the_trigger_streamed_in_fragments() {
+    let node = start_fast().await;
+    let url = format!("{}/v1/chat/completions", node.base_url());
+    let full: Value = client()
+        .post(&url)
+        .json(&tool_request("Open a.txt. sim:call read_file", false))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let choice = &full["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert!(choice["message"]["content"].is_null());
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "read_file");
+    let arguments = call["function"]["arguments"].as_str().unwrap().to_owned();
+    assert_eq!(arguments, r#"{"max_lines":1,"path":"sim-path"}"#);
+    assert!(call["id"].as_str().unwrap().starts_with("call_"));
+
+    let text = client()
+        .post(&url)
+        .json(&tool_request("Open a.txt. sim:call read_file", true))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let data = sse_data(&text);
+    let (usage, chunks) = data.split_last().unwrap();
+    let pieces: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0))
+        .collect();
+    assert!(pieces.len() >= 3, "arguments come in fragments: {text}");
+    assert_eq!(pieces[0]["index"], 0);
+    assert_eq!(pieces[0]["id"], call["id"]);
+    assert_eq!(pieces[0]["function"]["name"], "read_file");
+    assert!(pieces[1..].iter().all(|p| p.get("id").is_none()));
+    let streamed: String = pieces
+        .iter()
+        .map(|p| p["function"]["arguments"].as_str().unwrap())
+        .collect();
+    assert_eq!(streamed, arguments);
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+    assert_eq!(usage["usage"]["completion_tokens"], pieces.len());
+
+    // The tool's result: the usual text answer.
+    let mut after = tool_request("Open a.txt. sim:call read_file", false);
+    after["messages"].as_array_mut().unwrap().extend([
+        json!({"role": "assistant", "content": null, "tool_calls": [call]}),
+        json!({"role": "tool", "tool_call_id": call["id"], "content": "hello"}),
+    ]);
+    let answer: Value = client()
+        .post(&url)
+        .json(&after)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["choices"][0]["finish_reason"], "length");
+    assert!(answer["choices"][0]["message"]["content"].is_string());
+    assert!(answer["choices"][0]["message"].get("tool_calls").is_none());
+}

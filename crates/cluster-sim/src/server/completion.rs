@@ -17,10 +17,12 @@ use tokio::time::Instant;
 
 use super::{FaultState, NodeState, error_response, lock, mlx_json_response, unix_now};
 use crate::api::{
-    ChatRequest, Choice, CompletionBody, Delta, Message, TextRequest, Usage, to_mlx_json,
+    ChatRequest, Choice, CompletionBody, Delta, FunctionOut, Message, TextRequest, ToolCallOut,
+    Usage, to_mlx_json,
 };
 use crate::faults::FaultAction;
 use crate::model::{Admission, SimRequest};
+use crate::tool_calls::ToolCallPlan;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -38,6 +40,9 @@ struct RequestMeta {
     /// stream after the finish chunk (no usage, no `[DONE]`).
     usage_key_missing: bool,
     created: u64,
+    /// Answer with this tool call instead of text (see
+    /// [`crate::tool_calls`]).
+    tool_call: Option<ToolCallPlan>,
 }
 
 fn length_required(headers: &HeaderMap) -> Option<Response> {
@@ -110,10 +115,15 @@ pub(super) async fn chat_completions(
         Ok(r) => r,
         Err(message) => return error_response(StatusCode::BAD_REQUEST, &message),
     };
-    let output = match output_tokens(&state, request.output_limit()) {
+    let mut output = match output_tokens(&state, request.output_limit()) {
         Ok(n) => n,
         Err(message) => return error_response(StatusCode::BAD_REQUEST, &message),
     };
+    let tool_call = ToolCallPlan::for_request(&request);
+    if let Some(call) = &tool_call {
+        // One token for the call's name, one per argument fragment.
+        output = output.min(call.fragments().len() + 1);
+    }
     let meta = RequestMeta {
         kind: Kind::Chat,
         stream: request.stream,
@@ -124,6 +134,7 @@ pub(super) async fn chat_completions(
             .is_some_and(|o| o.include_usage.is_none()),
         created: unix_now(),
         model: request.model.clone(),
+        tool_call,
     };
     let sim = SimRequest::from_chat(request.prompt_tokens(), output);
     serve(state, meta, sim).await
@@ -153,6 +164,7 @@ pub(super) async fn text_completions(
         usage_key_missing: options.is_some_and(|o| o.include_usage.is_none()),
         created: unix_now(),
         model: request.model,
+        tool_call: None,
     };
     let sim = SimRequest::from_text(&request.prompt, output);
     serve(state, meta, sim).await
@@ -266,6 +278,14 @@ impl ResponsePlan {
     }
 
     fn finish_reason(&self) -> &'static str {
+        if let Some(call) = &self.meta.tool_call {
+            // Cut short by max_tokens: "length", as a real server says.
+            return if self.admission.output_tokens > call.fragments().len() {
+                "tool_calls"
+            } else {
+                "length"
+            };
+        }
         if self.admission.output_tokens == 0 {
             "stop"
         } else {
@@ -273,8 +293,40 @@ impl ResponsePlan {
         }
     }
 
-    /// A response (`chunk` false) or stream chunk with `text`.
-    fn body(&self, chunk: bool, text: Option<&str>, finish: Option<&'static str>) -> Vec<u8> {
+    /// The tool call pieces of output tokens `from..to` (token 0 is the
+    /// call's id and name, token `k` its `k`-th argument fragment), as a
+    /// message's `tool_calls` (`chunk` false) or a delta's.
+    fn tool_calls(&self, chunk: bool, from: usize, to: usize) -> Option<Vec<ToolCallOut<'_>>> {
+        let call = self.meta.tool_call.as_ref()?;
+        let fragments = call.fragments();
+        let arguments: String = fragments
+            .get(
+                from.saturating_sub(1).min(fragments.len())
+                    ..to.saturating_sub(1).min(fragments.len()),
+            )
+            .unwrap_or_default()
+            .concat();
+        let header = from == 0;
+        Some(vec![ToolCallOut {
+            index: chunk.then_some(0),
+            id: header.then_some(call.id.as_str()),
+            kind: header.then_some("function"),
+            function: FunctionOut {
+                name: header.then_some(call.name.as_str()),
+                arguments: arguments.into(),
+            },
+        }])
+    }
+
+    /// A response (`chunk` false) or stream chunk with `text` (or, for a
+    /// tool call answer, `calls`).
+    fn body(
+        &self,
+        chunk: bool,
+        text: Option<&str>,
+        calls: Option<Vec<ToolCallOut<'_>>>,
+        finish: Option<&'static str>,
+    ) -> Vec<u8> {
         let role = "assistant";
         let mut choice = Choice {
             index: 0,
@@ -288,12 +340,14 @@ impl ResponsePlan {
                 choice.message = Some(Message {
                     role,
                     content: text,
+                    tool_calls: calls,
                 });
             }
             (Kind::Chat, true) => {
                 choice.delta = Some(Delta {
                     role,
                     content: text,
+                    tool_calls: calls,
                 });
             }
             (Kind::Text, _) => choice.text = Some(text.unwrap_or("")),
@@ -345,9 +399,15 @@ async fn full_response(plan: ResponsePlan) -> Response {
     let body = if plan.action == FaultAction::Garbage {
         GARBAGE.as_bytes().to_vec()
     } else {
-        let text = plan.reply_slice(0, plan.admission.output_tokens);
+        let n = plan.admission.output_tokens;
+        let calls = plan.tool_calls(false, 0, n);
+        let text = if calls.is_some() {
+            ""
+        } else {
+            plan.reply_slice(0, n)
+        };
         let text = (!text.is_empty()).then_some(text);
-        plan.body(false, text, Some(plan.finish_reason()))
+        plan.body(false, text, calls, Some(plan.finish_reason()))
     };
     if plan.action == FaultAction::Close {
         let len = body.len();
@@ -442,7 +502,9 @@ impl StreamState {
                         Phase::Done
                     };
                     tokio::time::sleep_until(state.real_at(a.finish)).await;
-                    let body = self.plan.body(true, None, Some(self.plan.finish_reason()));
+                    let body = self
+                        .plan
+                        .body(true, None, None, Some(self.plan.finish_reason()));
                     return Some(Ok(sse_data(&body)));
                 }
                 let due = state.real_at(a.token_time(next));
@@ -454,13 +516,20 @@ impl StreamState {
                 let now = Instant::now();
                 let mut end = next + 1;
                 let limit = self.close_after.unwrap_or(total).min(total);
-                while end < limit && state.real_at(a.token_time(end)) <= now {
+                // Tool call pieces go out one per chunk, as servers stream
+                // them; text tokens due by now share one.
+                let grouped = self.plan.meta.tool_call.is_none();
+                while grouped && end < limit && state.real_at(a.token_time(end)) <= now {
                     end += 1;
                 }
                 self.phase = Phase::Tokens { next: end };
-                let body = self
-                    .plan
-                    .body(true, Some(self.plan.reply_slice(next, end)), None);
+                let body = match self.plan.tool_calls(true, next, end) {
+                    Some(calls) => self.plan.body(true, None, Some(calls), None),
+                    None => {
+                        self.plan
+                            .body(true, Some(self.plan.reply_slice(next, end)), None, None)
+                    }
+                };
                 // Tokens due before the next chunk may go out join it.
                 self.next_chunk = Some(now + self.interval);
                 Some(Ok(sse_data(&body)))
