@@ -2,7 +2,7 @@
 """Build a tiny random-weight Llama model directory that `mlx_lm.server` loads.
 
 Usage:
-    <venv>/bin/python scripts/make_tiny_model.py OUT_DIR [--force]
+    <venv>/bin/python scripts/make_tiny_model.py OUT_DIR [--force] [--ends-turns N]
 
 Everything is made offline and deterministically (every random source is
 seeded), so two runs with the same library versions give byte-identical
@@ -22,6 +22,16 @@ The output head gives every special token and every token whose text is not
 printable ASCII an all-zero row, so greedy decoding (mlx_lm.server's default,
 temperature 0) only ever emits printable ASCII and never the end-of-sequence
 token: a completion always runs to `max_tokens` (finish_reason "length").
+
+With `--ends-turns N` the model instead ends every answer after N tokens
+(fewer if its answer repeats itself sooner), like a chat model ending its
+turn (finish_reason "stop"), whatever the prompt: the attention and MLP
+output projections are zero, so each layer adds nothing to the residual
+stream and the next token depends only on the current one; every chat
+prompt ends with the same tokens (`<|im_start|>assistant\n`), so greedy
+decoding follows one fixed chain of tokens, and the chain's (N+1)-th token
+is added to `eos_token_id`. Prompt processing and the prompt cache work as
+in the default model. Same tokenizer, same random initialisation.
 
 Idempotent: OUT_DIR gets a marker file `.tiny-model-stamp` holding the
 SHA-256 of this script; if OUT_DIR already exists with a matching stamp the
@@ -174,7 +184,8 @@ def clean_token_mask(tokenizer) -> list[bool]:
     return mask
 
 
-def build_weights(out: Path, mask: list[bool]) -> int:
+def build_weights(out: Path, mask: list[bool], ends_turns: int | None = None, tokenizer=None):
+    """Writes the weights; returns (parameter count, end-of-turn token or None)."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama
@@ -185,30 +196,59 @@ def build_weights(out: Path, mask: list[bool]) -> int:
     # logits are spread out, then silence the tokens we never want emitted.
     keep = mx.array(mask, dtype=mx.float32)[:, None]
     model.lm_head.weight = model.lm_head.weight * 4.0 * keep
+    end_token = None
+    if ends_turns is not None:
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight = mx.zeros_like(layer.self_attn.o_proj.weight)
+            layer.mlp.down_proj.weight = mx.zeros_like(layer.mlp.down_proj.weight)
+        end_token = turn_end_token(model, tokenizer, ends_turns)
     weights = dict(tree_flatten(model.parameters()))
     mx.eval(weights)
     mx.save_safetensors(str(out / "model.safetensors"), weights, {"format": "mlx"})
-    return sum(v.size for v in weights.values())
+    return sum(v.size for v in weights.values()), end_token
+
+
+def turn_end_token(model, tokenizer, n: int) -> int:
+    """The token that ends answers after (at most) `n` tokens: the model's
+    next token depends only on the current one (see the module docs), and
+    every answer starts after the generation prompt's last token."""
+    import mlx.core as mx
+
+    start = tokenizer.encode(IM_START + "assistant\n", add_special_tokens=False).ids[-1]
+    chain = []
+    token = start
+    for _ in range(n + 1):
+        token = int(mx.argmax(model(mx.array([[token]]))[0, -1]).item())
+        chain.append(token)
+    k = n
+    while k > 0 and chain[k] in chain[:k]:
+        k -= 1
+    if k < 2:
+        raise SystemExit(f"the greedy chain repeats too soon to end turns after {n} tokens")
+    return chain[k]
 
 
 def write_json(path: Path, value: dict) -> None:
     path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def build(out: Path) -> None:
+def build(out: Path, ends_turns: int | None = None) -> None:
     rng = random.Random(SEED)
     tok = build_tokenizer(out, rng)
     ids = tok["ids"]
+    mask = clean_token_mask(tok["tokenizer"])
+    params, end_token = build_weights(out, mask, ends_turns, tok["tokenizer"])
     config = dict(MODEL_CONFIG)
     config["bos_token_id"] = ids[BOS]
     config["eos_token_id"] = [ids[EOS], ids[IM_END]]
+    if end_token is not None:
+        config["eos_token_id"].append(end_token)
     config["pad_token_id"] = ids[PAD]
     write_json(out / "config.json", config)
-    mask = clean_token_mask(tok["tokenizer"])
-    params = build_weights(out, mask)
+    ending = "" if end_token is None else f", answers end at token {end_token}"
     print(
         f"built tiny llama: {params} parameters, vocab {VOCAB_SIZE}, "
-        f"{sum(mask)} emittable tokens",
+        f"{sum(mask)} emittable tokens{ending}",
         file=sys.stderr,
     )
 
@@ -217,10 +257,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="model directory to create")
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    parser.add_argument(
+        "--ends-turns",
+        type=int,
+        metavar="N",
+        help="make a model whose answers end after N tokens (see the module docs)",
+    )
     args = parser.parse_args()
 
     out: Path = args.out_dir
-    digest = script_hash()
+    digest = script_hash() + ("" if args.ends_turns is None else f" ends-turns {args.ends_turns}")
     stamp = out / STAMP_NAME
     if not args.force and stamp.is_file() and stamp.read_text().strip() == digest:
         print(f"{out}: up to date", file=sys.stderr)
@@ -230,7 +276,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tmp.chmod(0o755)
     try:
-        build(tmp)
+        build(tmp, args.ends_turns)
         (tmp / STAMP_NAME).write_text(digest + "\n", encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)

@@ -2,7 +2,10 @@
 //!
 //! - [`mlx`]: a real `mlx_lm.server` serving a tiny random-weight Llama model
 //!   on 127.0.0.1, from the Python venv and model directory that
-//!   `cargo xtask setup` caches under [`cache_dir()`].
+//!   `cargo xtask setup` caches under [`cache_dir()`] (and a variant of the
+//!   model that ends its answers, for Claude Code).
+//! - [`claude_code`]: the real Claude Code CLI, run headless in a throw-away
+//!   home against a gateway.
 //! - [`dns`]: a real `dnsmasq` serving SRV and address records on 127.0.0.1.
 //! - [`tls`]: a throwaway CA and server certificate for TLS tests.
 //! - [`k8s`]: a Kubernetes API server speaking EndpointSlice JSON (list,
@@ -32,6 +35,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 pub mod agentic;
+pub mod claude_code;
 pub mod dns;
 mod error;
 pub mod k8s;

@@ -47,6 +47,12 @@ use crate::{FixtureError, cache_dir_from, fnv1a};
 pub const VENV_ENV: &str = "MLX_CLUSTER_VENV";
 /// Environment variable naming the tiny model directory (holding `config.json`).
 pub const TINY_MODEL_ENV: &str = "MLX_CLUSTER_TINY_MODEL";
+/// Environment variable naming the tiny model variant that ends its turns.
+pub const TINY_CHAT_MODEL_ENV: &str = "MLX_CLUSTER_TINY_CHAT_MODEL";
+
+/// Answers of the chat variant end after this many tokens (the same number
+/// `cargo xtask setup` passes to `make_tiny_model.py --ends-turns`).
+pub const CHAT_MODEL_ENDS_TURNS: u32 = 8;
 
 /// Marker file `cargo xtask setup` writes into a venv or model directory once
 /// it is completely built.
@@ -64,6 +70,26 @@ pub fn default_venv_name() -> String {
 /// `tiny-model-<fnv1a(make_tiny_model.py, requirements)>`.
 pub fn default_tiny_model_name() -> String {
     format!("tiny-model-{}", fnv1a(&[MODEL_SCRIPT, REQUIREMENTS]))
+}
+
+/// Name of the chat variant's directory under the cache dir:
+/// `tiny-chat-model-<fnv1a(make_tiny_model.py, requirements, "ends-turns N")>`.
+pub fn default_tiny_chat_model_name() -> String {
+    let variant = format!("ends-turns {CHAT_MODEL_ENDS_TURNS}");
+    format!(
+        "tiny-chat-model-{}",
+        fnv1a(&[MODEL_SCRIPT, REQUIREMENTS, variant.as_bytes()])
+    )
+}
+
+/// Which tiny model a fixture serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ModelVariant {
+    /// Answers run to `max_tokens`.
+    Default,
+    /// Answers end after [`CHAT_MODEL_ENDS_TURNS`] tokens with
+    /// `finish_reason: "stop"`, whatever the prompt.
+    EndsTurns,
 }
 
 /// Where the venv and the tiny model are.
@@ -92,15 +118,44 @@ impl MlxFixture {
         Self::locate_from(|name| std::env::var_os(name))
     }
 
+    /// Like [`Self::locate`], with the tiny model's variant that ends every
+    /// answer after [`CHAT_MODEL_ENDS_TURNS`] tokens (`finish_reason:
+    /// "stop"`, the same text whatever the prompt), as a chat model ends
+    /// its turn: for clients that treat an answer cut at `max_tokens` as
+    /// an error (Claude Code). `$MLX_CLUSTER_TINY_CHAT_MODEL`, else
+    /// `<cache_dir>/`[`default_tiny_chat_model_name`]. Prompt processing and
+    /// the prompt cache are those of the default model.
+    ///
+    /// # Errors
+    /// As [`Self::locate`].
+    pub fn locate_chat() -> Result<Self, FixtureError> {
+        Self::locate_variant(|name| std::env::var_os(name), ModelVariant::EndsTurns)
+    }
+
     fn locate_from(env: impl Fn(&str) -> Option<OsString>) -> Result<Self, FixtureError> {
+        Self::locate_variant(env, ModelVariant::Default)
+    }
+
+    fn locate_variant(
+        env: impl Fn(&str) -> Option<OsString>,
+        variant: ModelVariant,
+    ) -> Result<Self, FixtureError> {
+        let (model_env, model_name, model_what) = match variant {
+            ModelVariant::Default => (TINY_MODEL_ENV, default_tiny_model_name(), "tiny mlx model"),
+            ModelVariant::EndsTurns => (
+                TINY_CHAT_MODEL_ENV,
+                default_tiny_chat_model_name(),
+                "tiny mlx model that ends its turns",
+            ),
+        };
         let explicit = |name: &str| env(name).filter(|v| !v.is_empty()).map(PathBuf::from);
         let (venv, venv_default) = match explicit(VENV_ENV) {
             Some(path) => (path, false),
             None => (cache_dir_from(&env)?.join(default_venv_name()), true),
         };
-        let (model_dir, model_default) = match explicit(TINY_MODEL_ENV) {
+        let (model_dir, model_default) = match explicit(model_env) {
             Some(path) => (path, false),
-            None => (cache_dir_from(&env)?.join(default_tiny_model_name()), true),
+            None => (cache_dir_from(&env)?.join(model_name), true),
         };
         let venv_files: &[&str] = if venv_default {
             &[COMPLETE_MARKER, "bin/mlx_lm.server"]
@@ -113,7 +168,7 @@ impl MlxFixture {
         } else {
             &["config.json", "model.safetensors"]
         };
-        require(&model_dir, "tiny mlx model", TINY_MODEL_ENV, model_files)?;
+        require(&model_dir, model_what, model_env, model_files)?;
         let model_dir = canonical(&model_dir)?;
         Ok(Self { venv, model_dir })
     }
@@ -377,6 +432,41 @@ impl MlxServer {
         self.spawn_and_wait().await
     }
 
+    /// Sends the server one short chat completion (one output token), as
+    /// traffic would: the first request to a fresh process pays one-time
+    /// costs (several times slower than the next), which would otherwise
+    /// skew whatever a test measures first — e.g. the prefill rate the
+    /// gateway's router learns from it.
+    ///
+    /// # Errors
+    /// [`FixtureError::Http`] if the request fails,
+    /// [`FixtureError::Unexpected`] if it is not answered 200.
+    pub async fn warm_up(&self) -> Result<(), FixtureError> {
+        let url = format!("{}/v1/chat/completions", self.base_url());
+        let body = serde_json::json!({
+            "max_tokens": 1,
+            "messages": [{"role": "user", "content": "warm up: ".repeat(64)}],
+        });
+        let response = self
+            .client
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|source| FixtureError::Http {
+                url: url.clone(),
+                source,
+            })?;
+        if !response.status().is_success() {
+            return Err(FixtureError::Unexpected {
+                url,
+                detail: format!("warm-up answered {}", response.status()),
+            });
+        }
+        let _ = response.bytes().await;
+        Ok(())
+    }
+
     /// Makes the server's generation thread die while the process keeps
     /// listening, using a real mlx-lm 0.32.2 bug: `POST /v1/completions`
     /// with a list as `prompt`. Afterwards `GET /v1/models` still answers
@@ -598,7 +688,7 @@ fn free_port() -> Result<u16, FixtureError> {
 
 /// A fresh directory under the system temp dir for one server's HF cache
 /// and log.
-fn make_work_dir() -> Result<PathBuf, FixtureError> {
+pub(crate) fn make_work_dir() -> Result<PathBuf, FixtureError> {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -612,7 +702,7 @@ fn make_work_dir() -> Result<PathBuf, FixtureError> {
     Ok(dir)
 }
 
-fn create_dir(path: &Path) -> Result<(), FixtureError> {
+pub(crate) fn create_dir(path: &Path) -> Result<(), FixtureError> {
     std::fs::create_dir_all(path).map_err(|source| FixtureError::Io {
         action: "create directory",
         path: path.to_path_buf(),

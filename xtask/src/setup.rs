@@ -4,7 +4,11 @@
 //!   update` runs once first);
 //! - a Python venv with mlx-lm, tokenizers and the OpenAI SDK, pinned in
 //!   `scripts/requirements-mlx.txt`;
-//! - a tiny random-weight model built offline by `scripts/make_tiny_model.py`;
+//! - a tiny random-weight model built offline by `scripts/make_tiny_model.py`,
+//!   and its variant that ends its answers after a few tokens (`--ends-turns`,
+//!   for clients that expect a model to finish its turn: Claude Code);
+//! - the npm packages of `scripts/requirements-npm.txt` (the Claude Code
+//!   CLI), installed with npm from the registry;
 //! - a small venv with python-zeroconf (`scripts/requirements-mdns.txt`), a
 //!   real mDNS responder for the interoperability tests, and one with
 //!   kubernetes-validate and hadolint (`scripts/requirements-deploy.txt`)
@@ -65,6 +69,8 @@ pub(crate) struct TestEnv {
     model: PathBuf,
     mdns_venv: PathBuf,
     deploy_venv: PathBuf,
+    chat_model: PathBuf,
+    claude_code: PathBuf,
 }
 
 impl TestEnv {
@@ -81,6 +87,14 @@ impl TestEnv {
                 "MLX_CLUSTER_DEPLOY_VENV",
                 self.deploy_venv.display().to_string(),
             ),
+            (
+                "MLX_CLUSTER_TINY_CHAT_MODEL",
+                self.chat_model.display().to_string(),
+            ),
+            (
+                "MLX_CLUSTER_CLAUDE_CODE",
+                self.claude_code.display().to_string(),
+            ),
         ]
     }
 }
@@ -91,7 +105,9 @@ pub(crate) fn run() -> Result<TestEnv, String> {
     let python = ensure_python_venv_support()?;
     let cache = cache_dir()?;
     let venv = ensure_venv(&python, &cache)?;
-    let model = ensure_tiny_model(&venv, &cache)?;
+    let model = ensure_tiny_model(&venv, &cache, None)?;
+    let chat_model = ensure_tiny_model(&venv, &cache, Some(CHAT_MODEL_ENDS_TURNS))?;
+    let claude_code = ensure_npm_packages(&cache)?;
     let mdns_venv = ensure_small_venv(&python, &cache, "mdns")?;
     let deploy_venv = ensure_small_venv(&python, &cache, "deploy")?;
     Ok(TestEnv {
@@ -99,6 +115,8 @@ pub(crate) fn run() -> Result<TestEnv, String> {
         model,
         mdns_venv,
         deploy_venv,
+        chat_model,
+        claude_code,
     })
 }
 
@@ -221,28 +239,53 @@ pub(crate) fn ensure_smg_venv() -> Result<PathBuf, String> {
     ensure_small_venv(&python, &cache_dir()?, "smg")
 }
 
-fn ensure_tiny_model(venv: &Path, cache: &Path) -> Result<PathBuf, String> {
+/// Answers of the chat variant of the tiny model end after this many tokens
+/// (`make_tiny_model.py --ends-turns`); the tests' fixture names the same.
+const CHAT_MODEL_ENDS_TURNS: u32 = 8;
+
+/// The tiny model at `tiny-model-<key>`, or with `ends_turns` its variant
+/// that ends its answers at `tiny-chat-model-<key>`.
+fn ensure_tiny_model(
+    venv: &Path,
+    cache: &Path,
+    ends_turns: Option<u32>,
+) -> Result<PathBuf, String> {
     let root = workspace_root();
     let script_path = root.join("scripts/make_tiny_model.py");
     let script = std::fs::read(&script_path)
         .map_err(|e| format!("cannot read {}: {e}", script_path.display()))?;
     let pins = std::fs::read(root.join("scripts/requirements-mlx.txt")).unwrap_or_default();
-    let model = cache.join(format!("tiny-model-{}", fnv1a(&[&script, &pins])));
+    let (name, step, variant) = match ends_turns {
+        None => ("tiny-model", "tiny model".to_owned(), Vec::new()),
+        Some(n) => (
+            "tiny-chat-model",
+            format!("tiny model ending turns after {n} tokens"),
+            format!("ends-turns {n}").into_bytes(),
+        ),
+    };
+    let key = if variant.is_empty() {
+        fnv1a(&[&script, &pins])
+    } else {
+        fnv1a(&[&script, &pins, &variant])
+    };
+    let model = cache.join(format!("{name}-{key}"));
     if model.join(".complete").exists() {
-        eprintln!("setup: tiny model ready at {}", model.display());
+        eprintln!("setup: {step} ready at {}", model.display());
         return Ok(model);
     }
     if model.exists() {
         std::fs::remove_dir_all(&model)
             .map_err(|e| format!("cannot remove half-built {}: {e}", model.display()))?;
     }
-    run_step(
-        "tiny model",
-        Command::new(venv.join("bin/python"))
-            .arg(&script_path)
-            .arg(&model)
-            .env("HF_HUB_OFFLINE", "1"),
-    )?;
+    let mut build = Command::new(venv.join("bin/python"));
+    build
+        .arg(&script_path)
+        .arg(&model)
+        .env("HF_HUB_OFFLINE", "1");
+    if let Some(n) = ends_turns {
+        build.arg("--ends-turns").arg(n.to_string());
+    }
+    run_step(&step, &mut build)?;
     let listing = output(Command::new("ls").arg(&model))?;
     if !listing.contains("config.json") {
         return Err(format!(
@@ -253,6 +296,72 @@ fn ensure_tiny_model(venv: &Path, cache: &Path) -> Result<PathBuf, String> {
     }
     mark_complete(&model)?;
     Ok(model)
+}
+
+/// The npm packages of `scripts/requirements-npm.txt` under `npm-<key>`;
+/// returns the Claude Code CLI (`node_modules/.bin/claude`), checked to run
+/// and to be the pinned version.
+fn ensure_npm_packages(cache: &Path) -> Result<PathBuf, String> {
+    let requirements = workspace_root().join("scripts/requirements-npm.txt");
+    let text = std::fs::read_to_string(&requirements)
+        .map_err(|e| format!("cannot read {}: {e}", requirements.display()))?;
+    let packages: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let claude_version = packages
+        .iter()
+        .find_map(|p| p.strip_prefix("@anthropic-ai/claude-code@"))
+        .ok_or_else(|| {
+            format!(
+                "{} pins no @anthropic-ai/claude-code",
+                requirements.display()
+            )
+        })?;
+    let dir = cache.join(format!("npm-{}", fnv1a(&[text.as_bytes()])));
+    let claude = dir.join("node_modules/.bin/claude");
+    if dir.join(".complete").exists() {
+        eprintln!("setup: npm packages ready at {}", dir.display());
+        return Ok(claude);
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| format!("cannot remove half-built {}: {e}", dir.display()))?;
+    }
+    if !have_program("npm") {
+        apt_install(&["npm"])?;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    run_step(
+        "npm install",
+        Command::new("npm")
+            .arg("install")
+            .arg("--prefix")
+            .arg(&dir)
+            .args(["--no-audit", "--no-fund", "--no-save", "--loglevel=error"])
+            .args(&packages)
+            .env("npm_config_update_notifier", "false"),
+    )?;
+    // `--version` must not touch the real home directory.
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).map_err(|e| format!("cannot create {}: {e}", home.display()))?;
+    let version = output(
+        Command::new(&claude)
+            .arg("--version")
+            .env("HOME", &home)
+            .env("DISABLE_AUTOUPDATER", "1")
+            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+    )?;
+    if !version.contains(claude_version) {
+        return Err(format!(
+            "{} --version says {:?}, expected {claude_version}",
+            claude.display(),
+            version.trim()
+        ));
+    }
+    mark_complete(&dir)?;
+    Ok(claude)
 }
 
 fn mark_complete(dir: &Path) -> Result<(), String> {

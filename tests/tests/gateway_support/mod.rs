@@ -163,3 +163,46 @@ pub fn program(name: &str, package: &str) -> PathBuf {
     }
     panic!("{name} is missing: run `cargo xtask setup` (Debian package {package})");
 }
+
+/// Sends distinct short-lived OpenAI requests (a few hundred tokens of
+/// prompt each, one output token) through the gateway until the router has
+/// measured every node's prefill rate, as a gateway that has served some
+/// traffic has. Until a node is measured the router assumes a default rate;
+/// on slow CPU nodes (the tiny-model fixtures on a busy machine) that
+/// default looks faster than any measured node, and conversations would
+/// leave their cache for an unmeasured node.
+pub async fn measure_every_node(gw: &GatewayUnderTest) {
+    let router = gw.cluster.router();
+    let ids: Vec<NodeId> = gw
+        .cluster
+        .status()
+        .nodes
+        .iter()
+        .map(|n| n.spec.id.clone())
+        .collect();
+    let measured = |router: &cluster_facade::Router| {
+        ids.iter()
+            .all(|id| router.prefill_rate(id).is_some_and(|r| r > 0.0))
+    };
+    let http = client();
+    for i in 0..(8 * ids.len()) {
+        if measured(router) {
+            return;
+        }
+        let prompt = format!("warm-up request {i}: ").repeat(120);
+        let r = http
+            .post(format!("{}/chat/completions", gw.v1()))
+            .json(&serde_json::json!({
+                "max_tokens": 1,
+                "messages": [{"role": "user", "content": prompt}],
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "warm-up request: {}", r.status());
+        r.bytes().await.unwrap();
+        // The outcome (and the rate sample) is recorded when the answer ends.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(measured(router), "the router never measured every node");
+}
