@@ -18,7 +18,7 @@ use std::time::Duration;
 use cluster_tests::claude_code::ClaudeCode;
 use cluster_tests::mlx::{MlxFixture, MlxServer};
 use cluster_types::LoadBalanceStrategy;
-use gateway_support::{GatewayUnderTest, client, config, measure_every_node};
+use gateway_support::{GatewayUnderTest, client, config};
 use serde_json::{Value, json};
 
 /// Claude Code retries failing requests for minutes; a cold first turn
@@ -64,7 +64,6 @@ async fn claude_code_through_the_gateway_and_its_second_turn_reads_the_cache() {
     config.gateway.max_output_tokens = 64;
     let gw = GatewayUnderTest::start(config).await;
     gw.wait_all_routable().await;
-    measure_every_node(&gw).await;
 
     // What the model answers, whatever it is asked.
     let direct: Value = client()

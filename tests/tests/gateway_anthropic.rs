@@ -13,7 +13,7 @@ use cluster_sim::SimNodeConfig;
 use cluster_sim::fleet::{Fleet, FleetConfig};
 use cluster_tests::mlx::{MlxFixture, MlxServer};
 use cluster_types::LoadBalanceStrategy;
-use gateway_support::{GatewayUnderTest, config, measure_every_node};
+use gateway_support::{GatewayUnderTest, config};
 use serde_json::Value;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway_anthropic_sdk.py");
@@ -63,7 +63,6 @@ async fn anthropic_python_sdk_against_real_mlx_nodes() {
     config.gateway.max_output_tokens = 12;
     let gw = GatewayUnderTest::start(config).await;
     gw.wait_all_routable().await;
-    measure_every_node(&gw).await;
 
     let result = match run_sdk(&fixture, "text", &gw.url).await {
         Ok(v) => v,
