@@ -260,7 +260,10 @@ async fn main() {
     let t0 = Instant::now();
     let three = run(&trace, &front, &probes, block_bytes).await;
     let three_secs = t0.elapsed().as_secs_f64();
-    let _ = nginx.kill();
+    // SIGTERM, not SIGKILL: the master stops its workers.
+    let _ = Command::new("kill")
+        .args(["-TERM", &nginx.id().to_string()])
+        .status();
     let _ = nginx.wait();
 
     // One gateway, fresh identical fleet.
