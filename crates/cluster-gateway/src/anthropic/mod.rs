@@ -73,7 +73,7 @@ mod stream;
 mod types;
 mod wire;
 
-pub use body::TranslatedStream;
+pub use body::{PING_INTERVAL, TranslatedStream};
 pub use error::{AnthropicError, ErrorType, OVERLOADED};
 pub use handler::{CLAUDE_CODE_SESSION_HEADER, count_tokens, messages};
 pub use native::rewrite_native_body;

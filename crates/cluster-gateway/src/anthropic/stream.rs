@@ -6,6 +6,7 @@
 //! |---|---|
 //! | (the answer's headers) | `message_start` (usage still 0: nodes report it at the end) |
 //! | `: keepalive` comments (mlx_lm.server while it prefills) | `ping` |
+//! | nothing for 10 s (other servers while they prefill) | `ping`, from [`super::TranslatedStream`] |
 //! | first `delta.content` | `content_block_start` (text), then `content_block_delta` `text_delta` for each piece |
 //! | a new `delta.tool_calls[i]` (id, name) | `content_block_stop` of the open block, `content_block_start` (`tool_use`, `input: {}`) |
 //! | `delta.tool_calls[i].function.arguments` pieces | `content_block_delta` `input_json_delta` with each piece as `partial_json` |
