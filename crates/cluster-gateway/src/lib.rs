@@ -57,6 +57,7 @@ mod canonical;
 pub mod cli;
 pub mod demo;
 pub mod error;
+pub mod first_frame;
 pub mod gateway;
 pub mod limits;
 pub mod metrics;

@@ -18,8 +18,12 @@
 //! (status, `Retry-After`, body); when no node answered at all, the client
 //! gets a 502/504 in the OpenAI error shape naming the nodes tried.
 //!
-//! Once the answer's headers are on their way to the client the request is
-//! committed; a failure after that ends the stream with an SSE error event
+//! A node that answers a non-retryable status is given
+//! `gateway.idle_timeout` to send its first body frame (see
+//! [`crate::first_frame`]); headers followed by nothing, or by a body that
+//! fails at once (invalid chunked encoding), are retried like a failed
+//! connection. Once the answer's headers and first frame are on their way
+//! to the client the request is committed; a failure after that ends the stream with an SSE error event
 //! (see [`crate::relay`]).
 
 use std::sync::Arc;
@@ -37,6 +41,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
 use crate::error::{ApiError, codes};
+use crate::first_frame::{FirstFrame, Peeked, first_frame};
 use crate::gateway::Gateway;
 use crate::metrics::RetryCause;
 use crate::relay::{NoSink, OutcomeSink, RelayBody, RelayFailure, RelayMode, RelayOutcome};
@@ -346,16 +351,62 @@ pub async fn forward<P: AttemptPlan>(
                 let status = response.status();
                 let retryable = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
                 if !retryable {
-                    tracing::debug!(node = %node_id, %status, stream, attempt, "forwarded");
-                    let how = RelayHow {
-                        attempts: attempt + 1,
-                        deadline,
-                        strip_usage: plan.strip_usage_chunk(),
-                    };
-                    return Ok(Forwarded {
-                        response: relay(gw, response, node_id, guard, how),
-                        mode,
+                    // Committed only once the first body frame is in: a node
+                    // that sends headers and then nothing (or garbage) is
+                    // retried like one that sent nothing.
+                    let (parts, incoming) = response.into_parts();
+                    let within = deadline.map_or(settings.idle_timeout, |(at, _)| {
+                        settings
+                            .idle_timeout
+                            .min(at.saturating_duration_since(tokio::time::Instant::now()))
                     });
+                    match first_frame(incoming, within).await {
+                        FirstFrame::Ready(body) => {
+                            tracing::debug!(node = %node_id, %status, stream, attempt, "forwarded");
+                            let how = RelayHow {
+                                attempts: attempt + 1,
+                                deadline,
+                                strip_usage: plan.strip_usage_chunk(),
+                            };
+                            let response = Response::from_parts(parts, body);
+                            return Ok(Forwarded {
+                                response: relay(gw, response, node_id, guard, how),
+                                mode,
+                            });
+                        }
+                        FirstFrame::Failed(error) => {
+                            guard.finish(RequestOutcome::Failed {
+                                kind: FailureKind::InvalidResponse,
+                            });
+                            gw.metrics().retry(RetryCause::Request);
+                            tracing::warn!(node = %node_id, %error, attempt, "node's body failed before its first byte; trying another node");
+                            last = Some(LastFailure::Error(ApiError::new(
+                                StatusCode::BAD_GATEWAY,
+                                "server_error",
+                                codes::UPSTREAM_ERROR,
+                                format!(
+                                    "node {node_id} sent an invalid body: {}",
+                                    error_chain(&error)
+                                ),
+                            )));
+                        }
+                        FirstFrame::TimedOut => {
+                            guard.finish(RequestOutcome::Failed {
+                                kind: FailureKind::Timeout,
+                            });
+                            gw.metrics().retry(RetryCause::Timeout);
+                            tracing::warn!(node = %node_id, attempt, ?within, "node sent headers but no body; trying another node");
+                            last = Some(LastFailure::Error(ApiError::new(
+                                StatusCode::GATEWAY_TIMEOUT,
+                                "server_error",
+                                codes::UPSTREAM_IDLE_TIMEOUT,
+                                format!(
+                                    "node {node_id} sent its headers but no body within {within:?}"
+                                ),
+                            )));
+                        }
+                    }
+                    continue;
                 }
                 let overloaded = matches!(
                     status,
@@ -435,6 +486,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 fn last_failure_response<M>(last: LastFailure<M>, attempts: u32) -> Result<Forwarded<M>, ApiError> {
     match last {
         LastFailure::Answer(node, response, mode) => {
+            let response = response.map(Peeked::unread);
             let mut response = relay_parts(response, &node, |incoming, mode, node| {
                 RelayBody::new(incoming, mode, Duration::from_secs(60), node, NoSink)
             });
@@ -524,7 +576,7 @@ struct RelayHow {
 
 fn relay(
     gw: &Arc<Gateway>,
-    response: Response<Incoming>,
+    response: Response<Peeked>,
     node: NodeId,
     guard: RequestGuard,
     how: RelayHow,
@@ -553,9 +605,9 @@ fn relay(
 }
 
 fn relay_parts<S: OutcomeSink>(
-    response: Response<Incoming>,
+    response: Response<Peeked>,
     node: &NodeId,
-    make: impl FnOnce(Incoming, RelayMode, String) -> RelayBody<Incoming, S>,
+    make: impl FnOnce(Peeked, RelayMode, String) -> RelayBody<Peeked, S>,
 ) -> Response {
     let (mut parts, incoming) = response.into_parts();
     clean_response_headers(&mut parts.headers);

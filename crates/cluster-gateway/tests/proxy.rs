@@ -409,6 +409,11 @@ async fn failure_mid_stream_ends_with_an_sse_error_event() {
             tx.send(Ok(Bytes::from_static(b"data: {\"choices\":[]}\n\n")))
                 .await
                 .unwrap();
+            // The node dies after its first event went out (the body is
+            // pending in between, so its server flushes the event): the
+            // gateway has committed the stream. (A body that fails before
+            // its first frame is retried instead.)
+            tokio::time::sleep(Duration::from_millis(200)).await;
             tx.send(Err(std::io::Error::other("node died")))
                 .await
                 .unwrap();

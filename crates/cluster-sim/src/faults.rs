@@ -22,8 +22,9 @@ use crate::error::SimError;
 /// Faults a node injects into completion requests.
 ///
 /// Defaults: no faults (every rate 0), `error_status` 500, `overload_status`
-/// 503, `retry_after_seconds` 1, `spike_seconds` 5, `fail_health` and
-/// `generation_dead` false.
+/// 503, `retry_after_seconds` 1, `omit_retry_after` false, `spike_seconds`
+/// 5, `fail_health` and `generation_dead` false, no `wire` fault,
+/// `junk_bytes` 10 MiB.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FaultConfig {
@@ -46,6 +47,8 @@ pub struct FaultConfig {
     pub overload_status: u16,
     /// `Retry-After` value of overload answers, in seconds. Default 1.
     pub retry_after_seconds: u64,
+    /// Send overload answers without `Retry-After`. Default false.
+    pub omit_retry_after: bool,
     /// Probability of a 200 answer whose JSON (or SSE data line) is invalid.
     /// Default 0.
     pub garbage_rate: f64,
@@ -56,6 +59,32 @@ pub struct FaultConfig {
     /// `{"status": "unavailable"}`, `/v1/models` still 200, every completion
     /// 404 `{"error": "generation thread died"}`. Default false.
     pub generation_dead: bool,
+    /// A fault below HTTP: every connection accepted while it is set is
+    /// answered by [`WireFault`]'s behaviour instead of the API (probes
+    /// included). Default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wire: Option<WireFault>,
+    /// Bytes written by [`WireFault::Junk`]. Default 10 MiB.
+    pub junk_bytes: usize,
+}
+
+/// How a node misbehaves on the wire (see [`FaultConfig::wire`]). Each
+/// reads the request head first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WireFault {
+    /// Accepts the connection and never answers (nor closes it).
+    Silent,
+    /// Answers `junk_bytes` of random bytes that are not HTTP, then closes.
+    Junk,
+    /// Answers a 200 event-stream head with `Transfer-Encoding: chunked`,
+    /// then bytes that are not chunked encoding, then closes.
+    GarbageChunked,
+    /// Answers a 200 event-stream head and then nothing, keeping the
+    /// connection open.
+    HangAfterHeaders,
+    /// Answers a 200 event stream whose events never end (one every 50 ms).
+    EndlessStream,
 }
 
 impl Default for FaultConfig {
@@ -73,6 +102,9 @@ impl Default for FaultConfig {
             garbage_rate: 0.0,
             fail_health: false,
             generation_dead: false,
+            wire: None,
+            junk_bytes: 10 << 20,
+            omit_retry_after: false,
         }
     }
 }
@@ -88,8 +120,8 @@ pub enum FaultAction {
     Overload {
         /// 429 or 503.
         status: u16,
-        /// `Retry-After` seconds.
-        retry_after_seconds: u64,
+        /// `Retry-After` seconds (`None`: no header).
+        retry_after_seconds: Option<u64>,
     },
     /// Answer with an error status.
     Error {
@@ -155,7 +187,8 @@ impl FaultConfig {
         Ok(())
     }
 
-    /// Whether any per-request fault is enabled.
+    /// Whether any per-request fault is enabled (wire faults are not
+    /// per-request).
     #[must_use]
     pub fn any(&self) -> bool {
         [
@@ -184,7 +217,7 @@ impl FaultConfig {
         } else if hit(self.overload_rate) {
             FaultAction::Overload {
                 status: self.overload_status,
-                retry_after_seconds: self.retry_after_seconds,
+                retry_after_seconds: (!self.omit_retry_after).then_some(self.retry_after_seconds),
             }
         } else if hit(self.error_rate) {
             FaultAction::Error {

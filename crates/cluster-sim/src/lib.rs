@@ -69,5 +69,5 @@ pub mod tool_calls;
 pub mod workload;
 
 pub use error::SimError;
-pub use faults::FaultConfig;
+pub use faults::{FaultConfig, WireFault};
 pub use server::{SimNode, SimNodeConfig};

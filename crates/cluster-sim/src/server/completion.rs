@@ -204,7 +204,10 @@ async fn serve(state: Arc<NodeState>, meta: RequestMeta, request: SimRequest) ->
         } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             let response = error_response(status, "simulated overload");
-            return with_retry_after(response, retry_after_seconds);
+            return match retry_after_seconds {
+                Some(seconds) => with_retry_after(response, seconds),
+                None => response,
+            };
         }
         FaultAction::Error { status } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -17,6 +17,7 @@
 
 mod completion;
 mod endpoints;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -204,6 +205,7 @@ impl NodeState {
             router,
             stopped,
             self.config.keep_alive,
+            Arc::clone(self),
         ));
         // Dropping a previous handle's sender stops its loop.
         drop(lock(&self.server).replace(ServerHandle { stop, task }));
@@ -245,6 +247,7 @@ async fn accept_loop(
     router: Router,
     mut stop: oneshot::Receiver<StopRequest>,
     keep_alive: bool,
+    state: Arc<NodeState>,
 ) {
     let mut connections = JoinSet::new();
     let request = loop {
@@ -253,6 +256,15 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
+                    let wire = {
+                        let faults = lock(&state.faults);
+                        faults.config.wire.map(|w| (w, faults.config.junk_bytes))
+                    };
+                    if let Some((fault, junk_bytes)) = wire {
+                        state.counters.injected_faults.fetch_add(1, Ordering::Relaxed);
+                        connections.spawn(wire::serve(stream, fault, junk_bytes));
+                        continue;
+                    }
                     let service = hyper_util::service::TowerToHyperService::new(router.clone());
                     let mut http = hyper::server::conn::http1::Builder::new();
                     http.keep_alive(keep_alive);
@@ -376,6 +388,21 @@ impl SimNode {
         faults.validate()?;
         lock(&self.state.faults).config = faults;
         Ok(())
+    }
+
+    /// Sets `faults` and drops every open connection, so that a wire fault
+    /// ([`FaultConfig::wire`]) applies to every client at once — kept-alive
+    /// connections included — as if the process had restarted broken. The
+    /// port stays the same; the prompt cache is emptied.
+    ///
+    /// # Errors
+    /// [`SimError::InvalidConfig`] when `faults` does not validate,
+    /// [`SimError::Bind`] when the port was taken meanwhile.
+    pub async fn set_faults_and_reconnect(&self, faults: FaultConfig) -> Result<(), SimError> {
+        faults.validate()?;
+        self.crash().await;
+        lock(&self.state.faults).config = faults;
+        self.restart().await
     }
 
     /// Removes every fault.

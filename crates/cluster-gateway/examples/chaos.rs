@@ -1,0 +1,481 @@
+//! `cargo xtask chaos`: hostile clients against the release `mlx-cluster`
+//! binary, each while a well-behaved client keeps sending requests.
+//!
+//! Two simulated mlx_lm.server nodes (cluster-sim, in this process, time
+//! scale 20) sit behind the gateway (a child process, header- and
+//! body-read timeouts of 2 s for the run). First the well-behaved client
+//! runs alone (the baseline), then with each attack of
+//! [`cluster_sim::hostile`]:
+//!
+//! | case | attack |
+//! |---|---|
+//! | `slow-headers` | 1000 connections sending a header one byte per 200 ms |
+//! | `slow-bodies` | 1000 requests sending their body one byte per 200 ms |
+//! | `idle-5000` | 5000 connections that send nothing |
+//! | `connection-limit` | 8500 connections that send nothing (limit 8192) |
+//! | `oversized-headers` | 500 requests with 100 KB of headers |
+//! | `body-33mb` | 33 MB bodies, declared (20) and chunked (3) |
+//! | `malformed` | 300 bodies with invalid UTF-8 or JSON nested 100,000 deep |
+//! | `mid-stream-disconnect` | 300 clients that start a long stream and vanish |
+//!
+//! A case passes when the well-behaved client saw no error and its p99
+//! stayed within 2× its baseline (or 5 ms of it, whichever is larger: timer
+//! resolution on a shared 2-core machine), the attackers got the expected
+//! answers, and the gateway's open file descriptors and runtime tasks came
+//! back to where they were. A Markdown table goes to stdout and
+//! `target/reliability/chaos/report.md`.
+//!
+//! ```text
+//! cargo build --release -p cluster-gateway --bin mlx-cluster --example chaos
+//! target/release/examples/chaos [--seconds 5] [--only CASE]
+//! ```
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use cluster_sim::hostile::{
+    LatencyReport, WellBehavedClient, disconnect_mid_stream, idle_connections, post_head,
+    raw_request, slow_loris,
+};
+use cluster_sim::{SimNode, SimNodeConfig};
+use support::{GatewayProcess, free_port, out_dir, poll};
+
+/// Options of the chaos run.
+#[derive(Debug, Parser)]
+#[command(
+    name = "chaos",
+    about = "Hostile clients against the mlx-cluster gateway"
+)]
+struct Options {
+    /// Seconds the well-behaved client runs alone and at least during each
+    /// attack.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Run only the cases whose name contains this.
+    #[arg(long)]
+    only: Option<String>,
+}
+
+const GOOD_BODY: &str = r#"{"model":"default_model","max_tokens":4,"messages":[{"role":"user","content":"Hello from the well-behaved client."}]}"#;
+const LONG_STREAM: &str = r#"{"model":"default_model","stream":true,"max_tokens":4000,"messages":[{"role":"user","content":"Write a very long story."}]}"#;
+
+/// One row of the report.
+struct Case {
+    name: &'static str,
+    client: LatencyReport,
+    attackers: String,
+    fds: (usize, usize),
+    tasks: (f64, f64),
+    problems: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let options = Options::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    match runtime.block_on(run(&options)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("chaos: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(options: &Options) -> Result<bool, String> {
+    let node = |id: &str| SimNodeConfig {
+        id: id.into(),
+        time_scale: 20.0,
+        ..SimNodeConfig::default()
+    };
+    let a = SimNode::start(node("a")).await.map_err(|e| e.to_string())?;
+    let b = SimNode::start(node("b")).await.map_err(|e| e.to_string())?;
+    let port = free_port();
+    let config = format!(
+        r#"
+[discovery]
+mode = "static"
+nodes = [{{ id = "a", url = "{}" }}, {{ id = "b", url = "{}" }}]
+[health]
+check_interval = "1s"
+timeout = "500ms"
+[gateway]
+listen = "127.0.0.1:{port}"
+header_read_timeout = "2s"
+body_read_timeout = "2s"
+"#,
+        a.base_url(),
+        b.base_url()
+    );
+    let dir = out_dir("chaos");
+    let gw = GatewayProcess::start(&dir, &config, port).await?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let url = format!("{}/v1/chat/completions", gw.base);
+    let seconds = Duration::from_secs(options.seconds);
+    let wanted = |name: &str| options.only.as_deref().is_none_or(|o| name.contains(o));
+
+    // Warm-up, then the baseline.
+    let warm = WellBehavedClient::start(url.clone(), GOOD_BODY.into(), None, Duration::ZERO);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    warm.stop().await;
+    let baseline = {
+        let good = WellBehavedClient::start(url.clone(), GOOD_BODY.into(), None, Duration::ZERO);
+        tokio::time::sleep(seconds).await;
+        good.stop().await
+    };
+    eprintln!("chaos: baseline {baseline:?}");
+    let mut cases = Vec::new();
+
+    macro_rules! case {
+        ($name:expr, $attack:expr) => {
+            if wanted($name) {
+                eprintln!("chaos: {} ...", $name);
+                let fds_before = gw.fds();
+                let tasks_before = gw
+                    .gauge("mlx_cluster_gateway_runtime_alive_tasks")
+                    .await
+                    .unwrap_or(0.0);
+                let good =
+                    WellBehavedClient::start(url.clone(), GOOD_BODY.into(), None, Duration::ZERO);
+                // The good client is connected before the attack starts.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let started = Instant::now();
+                let (attackers, mut problems): (String, Vec<String>) = $attack;
+                let rest = seconds.saturating_sub(started.elapsed());
+                tokio::time::sleep(rest).await;
+                let client = good.stop().await;
+                // Everything the attack held must be released.
+                let back = poll(Duration::from_secs(20), async || {
+                    let fds = gw.fds();
+                    let tasks = gw.gauge("mlx_cluster_gateway_runtime_alive_tasks").await?;
+                    (fds <= fds_before + 2 && tasks <= tasks_before + 2.0).then_some((fds, tasks))
+                })
+                .await;
+                let (fds_after, tasks_after) = back.unwrap_or_else(|| {
+                    problems.push("file descriptors or tasks did not return to baseline".into());
+                    (gw.fds(), 0.0)
+                });
+                let limit = (baseline.p99 * 2).max(baseline.p99 + Duration::from_millis(5));
+                if client.errors > 0 {
+                    problems.push(format!(
+                        "well-behaved client errors: {:?}",
+                        client.error_samples
+                    ));
+                }
+                if client.p99 > limit {
+                    problems.push(format!(
+                        "well-behaved p99 {:?} above {:?}",
+                        client.p99, limit
+                    ));
+                }
+                eprintln!("chaos: {} done: {attackers}; {problems:?}", $name);
+                cases.push(Case {
+                    name: $name,
+                    client,
+                    attackers,
+                    fds: (fds_before, fds_after),
+                    tasks: (tasks_before, tasks_after),
+                    problems,
+                });
+            }
+        };
+    }
+
+    case!("slow-headers", {
+        let r = slow_loris(
+            addr,
+            1000,
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nx-slow: ".to_vec(),
+            b"abcdefgh",
+            Duration::from_millis(200),
+            Duration::from_secs(15),
+        )
+        .await;
+        let mut p = Vec::new();
+        if r.closed_by_server != 1000 {
+            p.push(format!(
+                "{} of 1000 closed by the gateway",
+                r.closed_by_server
+            ));
+        }
+        (
+            format!(
+                "{}/{} closed by the gateway, the last after {:.1} s",
+                r.closed_by_server,
+                r.connections,
+                r.slowest_close.as_secs_f64()
+            ),
+            p,
+        )
+    });
+
+    case!("slow-bodies", {
+        let mut prefix = post_head("/v1/chat/completions", 4096, "");
+        prefix.extend_from_slice(b"{\"messages\": [");
+        let r = slow_loris(
+            addr,
+            1000,
+            prefix,
+            b" ",
+            Duration::from_millis(200),
+            Duration::from_secs(15),
+        )
+        .await;
+        let got_408 = r.statuses.iter().filter(|&&s| s == 408).count();
+        let mut p = Vec::new();
+        if got_408 != 1000 {
+            p.push(format!("{got_408} of 1000 answered 408"));
+        }
+        (
+            format!(
+                "{got_408}/{} answered 408 and closed, the last after {:.1} s",
+                r.connections,
+                r.slowest_close.as_secs_f64()
+            ),
+            p,
+        )
+    });
+
+    case!("idle-5000", {
+        let (idle, refused) = idle_connections(addr, 5000, Duration::from_millis(200))
+            .await
+            .map_err(|e| e.to_string())?;
+        let open = gw
+            .gauge("mlx_cluster_gateway_connections_open")
+            .await
+            .unwrap_or(0.0);
+        tokio::time::sleep(seconds).await;
+        drop(idle);
+        let mut p = Vec::new();
+        if !refused.is_empty() {
+            p.push(format!("{} refused under the limit", refused.len()));
+        }
+        (
+            format!("5000 held open ({open} open at the gateway), none refused"),
+            p,
+        )
+    });
+
+    case!("connection-limit", {
+        let (idle, refused) = idle_connections(addr, 8500, Duration::from_secs(2))
+            .await
+            .map_err(|e| e.to_string())?;
+        let clear = refused
+            .iter()
+            .filter(|a| a.status == 503 && a.body_text().contains("connection_limit"))
+            .count();
+        let kept = idle.len();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(idle);
+        let mut p = Vec::new();
+        // The good client holds one connection of the 8192.
+        if kept != 8191 || clear != 8500 - 8191 {
+            p.push(format!("kept {kept}, refused with a 503 {clear}"));
+        }
+        (
+            format!("{kept} accepted, {clear} refused with 503 connection_limit"),
+            p,
+        )
+    });
+
+    case!("oversized-headers", {
+        let header = format!("x-big: {}\r\n", "a".repeat(100 * 1024));
+        let head = post_head("/v1/chat/completions", GOOD_BODY.len(), &header);
+        let statuses = many(500, 20, move || {
+            let head = head.clone();
+            async move {
+                raw_request(addr, &head, GOOD_BODY.as_bytes(), Duration::from_secs(20))
+                    .await
+                    .map_or(0, |a| a.status)
+            }
+        })
+        .await;
+        expect_all("oversized-headers", &statuses, 431)
+    });
+
+    case!("body-33mb", {
+        let mut statuses = many(20, 4, move || async move {
+            raw_request(
+                addr,
+                &post_head("/v1/chat/completions", 33 * 1024 * 1024, ""),
+                &[],
+                Duration::from_secs(20),
+            )
+            .await
+            .map_or(0, |a| a.status)
+        })
+        .await;
+        let head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+        let mut chunked = Vec::new();
+        for _ in 0..33 {
+            chunked.extend_from_slice(format!("{:x}\r\n", 1 << 20).as_bytes());
+            chunked.extend_from_slice(&vec![b' '; 1 << 20]);
+            chunked.extend_from_slice(b"\r\n");
+        }
+        chunked.extend_from_slice(b"0\r\n\r\n");
+        for _ in 0..3 {
+            statuses.push(
+                raw_request(addr, head, &chunked, Duration::from_secs(20))
+                    .await
+                    .map_or(0, |a| a.status),
+            );
+        }
+        expect_all("body-33mb", &statuses, 413)
+    });
+
+    case!("malformed", {
+        let statuses = many(300, 10, move || async move {
+            let deep = format!(
+                "{{\"model\":\"m\",\"messages\":[{{\"role\":\"user\",\"content\":{}1{}}}]}}",
+                "[".repeat(50_000),
+                "]".repeat(50_000)
+            )
+            .into_bytes();
+            let utf8 =
+                b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}"
+                    .to_vec();
+            let mut last = 0;
+            for body in [deep, utf8] {
+                last = raw_request(
+                    addr,
+                    &post_head("/v1/chat/completions", body.len(), ""),
+                    &body,
+                    Duration::from_secs(20),
+                )
+                .await
+                .map_or(0, |a| a.status);
+                if last != 400 {
+                    break;
+                }
+            }
+            last
+        })
+        .await;
+        expect_all("malformed", &statuses, 400)
+    });
+
+    case!("mid-stream-disconnect", {
+        let started = disconnect_mid_stream(
+            addr,
+            300,
+            post_head("/v1/chat/completions", LONG_STREAM.len(), ""),
+            LONG_STREAM.as_bytes().to_vec(),
+            Duration::from_secs(30),
+        )
+        .await;
+        // The nodes see every cancelled stream go (their running count
+        // falls back to what the well-behaved client keeps busy).
+        let drained = poll(Duration::from_secs(20), async || {
+            (a.load().running + b.load().running <= 1).then_some(())
+        })
+        .await
+        .is_some();
+        let mut p = Vec::new();
+        if started != 300 {
+            p.push(format!("{started} of 300 streams started"));
+        }
+        if !drained {
+            p.push("the nodes still run cancelled streams".to_owned());
+        }
+        (
+            format!("{started}/300 streams started then dropped; upstream cancelled: {drained}"),
+            p,
+        )
+    });
+
+    let report = render(&baseline, &cases, options.seconds);
+    print!("{report}");
+    std::fs::write(dir.join("report.md"), &report).map_err(|e| e.to_string())?;
+    drop(gw);
+    a.shutdown().await;
+    b.shutdown().await;
+    Ok(cases.iter().all(|c| c.problems.is_empty()))
+}
+
+/// Runs `n` copies of `job`, at most `parallel` at once; their results.
+async fn many<F, Fut>(n: usize, parallel: usize, job: F) -> Vec<u16>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = u16> + Send + 'static,
+{
+    let mut set = tokio::task::JoinSet::new();
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        if set.len() >= parallel
+            && let Some(done) = set.join_next().await
+        {
+            out.push(done.unwrap_or(0));
+        }
+        set.spawn(job());
+    }
+    while let Some(done) = set.join_next().await {
+        out.push(done.unwrap_or(0));
+    }
+    out
+}
+
+fn expect_all(name: &str, statuses: &[u16], want: u16) -> (String, Vec<String>) {
+    let ok = statuses.iter().filter(|&&s| s == want).count();
+    let mut p = Vec::new();
+    if ok != statuses.len() {
+        let mut other: Vec<u16> = statuses.iter().copied().filter(|&s| s != want).collect();
+        other.sort_unstable();
+        other.dedup();
+        p.push(format!(
+            "{name}: {} not {want} (got {other:?})",
+            statuses.len() - ok
+        ));
+    }
+    (format!("{ok}/{} answered {want}", statuses.len()), p)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+fn render(baseline: &LatencyReport, cases: &[Case], seconds: u64) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Well-behaved client alone: {} requests, p50 {} ms, p99 {} ms, errors {} ({seconds} s).\n",
+        baseline.requests,
+        ms(baseline.p50),
+        ms(baseline.p99),
+        baseline.errors
+    );
+    out.push_str("| case | what the attackers got | well-behaved requests | errors | p50 ms | p99 ms | p99 / baseline | gateway fds before → after | runtime tasks before → after | result |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    for c in cases {
+        let ratio = c.client.p99.as_secs_f64() / baseline.p99.as_secs_f64().max(1e-9);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {:.2}× | {} → {} | {} → {} | {} |",
+            c.name,
+            c.attackers,
+            c.client.requests,
+            c.client.errors,
+            ms(c.client.p50),
+            ms(c.client.p99),
+            ratio,
+            c.fds.0,
+            c.fds.1,
+            c.tasks.0,
+            c.tasks.1,
+            if c.problems.is_empty() {
+                "pass".to_owned()
+            } else {
+                format!("FAIL: {}", c.problems.join("; "))
+            }
+        );
+    }
+    out
+}

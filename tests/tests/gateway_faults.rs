@@ -1,0 +1,177 @@
+//! Misbehaving nodes behind the gateway over a real `Cluster`: two simulated
+//! nodes, one of which misbehaves on the wire (never answers, answers junk,
+//! garbage chunked encoding, headers then nothing, an endless stream), or
+//! storms 429s (with and without `Retry-After`), or flaps. A well-behaved
+//! client keeps sending requests throughout. The node must be demoted (or,
+//! when overloaded, kept out of rotation) and the client must see no error
+//! that a retry before the first byte could have avoided. Figures (time to
+//! demotion, errors, p99) come from `cargo xtask chaos`.
+#![allow(clippy::unwrap_used)]
+
+mod gateway_support;
+
+use std::time::{Duration, Instant};
+
+use cluster_sim::fleet::{Fleet, FleetConfig};
+use cluster_sim::hostile::{LatencyReport, WellBehavedClient};
+use cluster_sim::{FaultConfig, SimNodeConfig, WireFault};
+use cluster_types::LoadBalanceStrategy;
+use gateway_support::{GatewayUnderTest, config, wait_until};
+
+const BODY: &str =
+    r#"{"model":"default_model","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}"#;
+
+struct Setup {
+    fleet: Fleet,
+    gw: GatewayUnderTest,
+}
+
+async fn setup() -> Setup {
+    let node = SimNodeConfig {
+        time_scale: 200.0,
+        ..SimNodeConfig::default()
+    };
+    let fleet = Fleet::start(FleetConfig::uniform(2, &node)).await.unwrap();
+    let nodes: Vec<(&str, String)> = vec![
+        ("good", fleet.urls()[0].clone()),
+        ("bad", fleet.urls()[1].clone()),
+    ];
+    let mut config = config(&nodes, LoadBalanceStrategy::RoundRobin);
+    config.gateway.first_byte_timeout = Duration::from_secs(1);
+    config.gateway.idle_timeout = Duration::from_secs(1);
+    config.gateway.request_timeout = Some(Duration::from_secs(2));
+    let gw = GatewayUnderTest::start(config).await;
+    gw.wait_all_routable().await;
+    Setup { fleet, gw }
+}
+
+fn good_client(gw: &GatewayUnderTest) -> WellBehavedClient {
+    WellBehavedClient::start(
+        format!("{}/chat/completions", gw.v1()),
+        BODY.to_owned(),
+        None,
+        Duration::from_millis(20),
+    )
+}
+
+/// Sets `faults` on the bad node, runs the client until the bad node is out
+/// of rotation and one second more; the client's report and the time to
+/// demotion.
+async fn demote(s: &Setup, faults: FaultConfig) -> (LatencyReport, Duration) {
+    let client = good_client(&s.gw);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.fleet.nodes()[1]
+        .set_faults_and_reconnect(faults)
+        .await
+        .unwrap();
+    let took = wait_until("the bad node demoted", Duration::from_secs(30), || {
+        !s.gw.status_of("bad").unwrap().is_routable()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    (client.stop().await, took)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wire_faults_are_demoted_and_retried_elsewhere() {
+    for fault in [
+        WireFault::Silent,
+        WireFault::Junk,
+        WireFault::GarbageChunked,
+        WireFault::HangAfterHeaders,
+    ] {
+        let s = setup().await;
+        let (report, took) = demote(
+            &s,
+            FaultConfig {
+                wire: Some(fault),
+                ..FaultConfig::default()
+            },
+        )
+        .await;
+        assert!(report.requests > 5, "{fault:?}: {report:?}");
+        assert_eq!(
+            report.errors, 0,
+            "{fault:?}: {report:?} (demoted after {took:?})"
+        );
+        s.gw.stop().await;
+        s.fleet.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_stream_is_cut_by_the_request_timeout_and_demoted() {
+    let s = setup().await;
+    let (report, took) = demote(
+        &s,
+        FaultConfig {
+            wire: Some(WireFault::EndlessStream),
+            ..FaultConfig::default()
+        },
+    )
+    .await;
+    // Requests that reached the node before it was demoted end at
+    // gateway.request_timeout (2 s) with an error; none after.
+    assert!(report.requests > report.errors, "{report:?}");
+    assert!(report.errors <= 3, "{report:?} (demoted after {took:?})");
+    s.gw.stop().await;
+    s.fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_storm_is_retried_elsewhere_with_and_without_retry_after() {
+    for omit_retry_after in [false, true] {
+        let s = setup().await;
+        let client = good_client(&s.gw);
+        s.fleet.nodes()[1]
+            .set_faults(FaultConfig {
+                overload_rate: 1.0,
+                overload_status: 429,
+                retry_after_seconds: 5,
+                omit_retry_after,
+                ..FaultConfig::default()
+            })
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let report = client.stop().await;
+        assert!(report.requests > 10, "{report:?}");
+        assert_eq!(
+            report.errors, 0,
+            "omit_retry_after {omit_retry_after}: {report:?}"
+        );
+        // The storming node is kept out of rotation: it sees few of the
+        // requests.
+        let (good, bad) = (s.gw.requests_of("good"), s.gw.requests_of("bad"));
+        assert!(
+            good > 3 * bad,
+            "omit_retry_after {omit_retry_after}: good {good} bad {bad}"
+        );
+        s.gw.stop().await;
+        s.fleet.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_node_costs_the_client_nothing() {
+    let s = setup().await;
+    let client = good_client(&s.gw);
+    let started = Instant::now();
+    let mut saw_unroutable = false;
+    while started.elapsed() < Duration::from_secs(8) {
+        s.fleet.nodes()[1].crash().await;
+        for _ in 0..50 {
+            saw_unroutable |= !s.gw.status_of("bad").unwrap().is_routable();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        s.fleet.nodes()[1].restart().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let report = client.stop().await;
+    assert_eq!(report.errors, 0, "{report:?}");
+    assert!(
+        saw_unroutable,
+        "the flapping node was never taken out of rotation"
+    );
+    s.gw.stop().await;
+    s.fleet.shutdown().await;
+}
