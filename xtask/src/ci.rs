@@ -9,7 +9,10 @@
 //! 6. `cargo check` of each crate alone, with no default features, with each
 //!    feature alone and with all features (so a crate never builds only
 //!    because a neighbour switched a feature on);
-//! 7. tidy.
+//! 7. tidy;
+//! 8. reliability, with short budgets: every fuzz target for 15 s
+//!    (coverage-guided, cargo afl), the chaos run (hostile clients and
+//!    misbehaving nodes) and a 3-minute soak, through the release binary.
 //!
 //! Steps 3 to 6 share one target directory; 6 only re-checks what a feature
 //! set changes.
@@ -66,6 +69,10 @@ pub(crate) fn run() -> Result<(), String> {
     }
 
     tidy::run()?;
+
+    crate::fuzz::run(&["--seconds".to_owned(), "15".to_owned()])?;
+    crate::reliability::chaos(&["--seconds".to_owned(), "3".to_owned()])?;
+    crate::reliability::soak(&["--minutes".to_owned(), "3".to_owned()])?;
     eprintln!(
         "\nxtask ci: all steps passed in {:.0}s",
         started.elapsed().as_secs_f64()

@@ -6,10 +6,15 @@
 //! cargo xtask setup         # install apt packages, the mlx venv and the tiny model
 //! cargo xtask bench [NAME]  # run benchmarks (all, or one of the names listed by `bench --list`)
 //! cargo xtask tidy          # the repository's own conventions
+//! cargo xtask chaos         # hostile clients and misbehaving nodes (docs/reliability.md)
+//! cargo xtask soak          # steady load with node restarts; RSS and fds plotted
+//! cargo xtask fuzz          # every fuzz target for a fixed budget
 //! ```
 
 mod bench;
 mod ci;
+mod fuzz;
+mod reliability;
 mod setup;
 mod tidy;
 mod util;
@@ -28,6 +33,15 @@ commands:
   bench [NAME..]   run benchmarks; `bench --list` names them. Figures go to stdout and
                    target/criterion.
   tidy             check the repository's conventions (layering, lints, docs).
+  chaos [--seconds N] [--only CASE]
+                   hostile clients and misbehaving nodes against the release binary,
+                   with a well-behaved client alongside; report in target/reliability/.
+  soak [--minutes N]
+                   steady mixed load through the release binary, a node restarted every
+                   minute; RSS and open fds sampled every second and plotted.
+  fuzz [--minutes N] [TARGET..]
+                   run every fuzz target (cargo afl, coverage-guided) for N minutes
+                   each (default 1); findings in target/fuzz/.
 ";
 
 fn main() -> ExitCode {
@@ -41,6 +55,9 @@ fn main() -> ExitCode {
         }),
         Some("bench") => bench::run(&args[1..]),
         Some("tidy") => tidy::run(),
+        Some("chaos") => reliability::chaos(&args[1..]),
+        Some("soak") => reliability::soak(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
             Ok(())

@@ -12,7 +12,9 @@
 //! - a small venv with python-zeroconf (`scripts/requirements-mdns.txt`), a
 //!   real mDNS responder for the interoperability tests, and one with
 //!   kubernetes-validate and hadolint (`scripts/requirements-deploy.txt`)
-//!   for the deployment manifests and the Containerfile.
+//!   for the deployment manifests and the Containerfile;
+//! - cargo-afl (the fuzz driver of `cargo xtask fuzz`), with the AFL++ it
+//!   builds from its bundled sources.
 //!
 //! The venv and the model live under `~/.cache/mlx-cluster/` (or
 //! `$MLX_CLUSTER_CACHE`), in directories named by a hash of the files that
@@ -110,6 +112,7 @@ pub(crate) fn run() -> Result<TestEnv, String> {
     let claude_code = ensure_npm_packages(&cache)?;
     let mdns_venv = ensure_small_venv(&python, &cache, "mdns")?;
     let deploy_venv = ensure_small_venv(&python, &cache, "deploy")?;
+    ensure_cargo_afl()?;
     Ok(TestEnv {
         venv,
         model,
@@ -118,6 +121,100 @@ pub(crate) fn run() -> Result<TestEnv, String> {
         chat_model,
         claude_code,
     })
+}
+
+/// The cargo-afl release `cargo xtask fuzz` uses (matches the `afl` crate
+/// pinned in `fuzz/afl/Cargo.toml`).
+pub(crate) const CARGO_AFL_VERSION: &str = "0.18.2";
+
+/// Where cargo-afl lives.
+pub(crate) struct AflEnv {
+    /// `~/.cache/mlx-cluster` (or `$MLX_CLUSTER_CACHE`).
+    pub(crate) cache: PathBuf,
+    /// `cargo-afl-VERSION/` under it: `bin/cargo-afl` and `data/` (AFL++).
+    pub(crate) root: PathBuf,
+}
+
+impl AflEnv {
+    /// The `cargo` to run `cargo afl` with: cargo itself, with cargo-afl's
+    /// directory first on `PATH` (see [`cargo_afl_env`]).
+    pub(crate) fn cargo_afl(&self) -> String {
+        std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+    }
+}
+
+/// Whether a file named `name` is somewhere under `dir`.
+fn contains_file(dir: &Path, name: &str) -> bool {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|entry| {
+            let path = entry.path();
+            if path.is_dir() {
+                contains_file(&path, name)
+            } else {
+                path.file_name().is_some_and(|n| n == name)
+            }
+        })
+}
+
+/// Puts cargo-afl on `PATH` and points it at its AFL++ build.
+pub(crate) fn cargo_afl_env(cmd: &mut Command, env: &AflEnv) {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![env.root.join("bin")];
+    dirs.extend(std::env::split_paths(&path));
+    if let Ok(joined) = std::env::join_paths(dirs) {
+        cmd.env("PATH", joined);
+    }
+    cmd.env("XDG_DATA_HOME", env.root.join("data"));
+}
+
+/// Installs cargo-afl under the cache (once per version): `cargo install`
+/// builds it and, while installing, AFL++ from its bundled sources (make
+/// and a C compiler, both on the machine).
+pub(crate) fn ensure_cargo_afl() -> Result<AflEnv, String> {
+    let cache = cache_dir()?;
+    let root = cache.join(format!("cargo-afl-{CARGO_AFL_VERSION}"));
+    let env = AflEnv {
+        cache: cache.clone(),
+        root: root.clone(),
+    };
+    if root.join(".complete").exists() {
+        eprintln!("setup: cargo-afl ready at {}", root.display());
+        return Ok(env);
+    }
+    if root.exists() {
+        std::fs::remove_dir_all(&root)
+            .map_err(|e| format!("cannot remove half-built {}: {e}", root.display()))?;
+    }
+    std::fs::create_dir_all(root.join("data"))
+        .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+    let mut install = Command::new(env.cargo_afl());
+    install
+        .args([
+            "install",
+            "--locked",
+            "cargo-afl",
+            "--version",
+            CARGO_AFL_VERSION,
+            "--root",
+        ])
+        .arg(&root)
+        .env("CARGO_TARGET_DIR", root.join("build"));
+    cargo_afl_env(&mut install, &env);
+    run_step("cargo install cargo-afl", &mut install)?;
+    // `cargo install` builds AFL++ only when it can; make sure its runtime
+    // is there.
+    if !contains_file(&root.join("data"), "afl-compiler-rt.o") {
+        let mut config = Command::new(env.cargo_afl());
+        config.args(["afl", "config", "--build"]);
+        cargo_afl_env(&mut config, &env);
+        run_step("cargo afl config --build", &mut config)?;
+    }
+    let _ = std::fs::remove_dir_all(root.join("build"));
+    mark_complete(&root)?;
+    Ok(env)
 }
 
 /// `$MLX_CLUSTER_CACHE`, else `~/.cache/mlx-cluster`.

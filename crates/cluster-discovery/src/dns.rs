@@ -231,11 +231,7 @@ impl DnsSource {
         target: &Name,
         additionals: &[Record],
     ) -> Result<Option<(Vec<IpAddr>, u32)>, DiscoveryError> {
-        let from_additionals: Vec<(IpAddr, u32)> = additionals
-            .iter()
-            .filter(|r| r.name.eq_ignore_root_case(target))
-            .filter_map(|r| r.data.ip_addr().map(|ip| (ip, r.ttl)))
-            .collect();
+        let from_additionals = addresses_in(additionals, target);
         let found = if from_additionals.is_empty() {
             match self.resolver.lookup_ip(target.clone()).await {
                 Ok(ips) => {
@@ -290,6 +286,73 @@ impl DnsSource {
     }
 }
 
+/// The usable SRV records of an answer (a target of "." means "decidedly
+/// not available here"), only those of the lowest priority when asked,
+/// sorted by priority, target and port.
+pub(crate) fn usable_srv_records(answers: &[Record], priorities: SrvPriorities) -> Vec<Srv> {
+    let mut records: Vec<Srv> = answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::SRV(srv) if !srv.target.is_root() => Some(Srv {
+                target: srv.target.clone(),
+                port: srv.port,
+                priority: srv.priority,
+                weight: srv.weight,
+                ttl: r.ttl,
+            }),
+            _ => None,
+        })
+        .collect();
+    if priorities == SrvPriorities::LowestOnly {
+        let lowest = records.iter().map(|r| r.priority).min().unwrap_or(0);
+        records.retain(|r| r.priority == lowest);
+    }
+    records.sort_by(|a, b| {
+        (a.priority, a.target.to_ascii(), a.port).cmp(&(b.priority, b.target.to_ascii(), b.port))
+    });
+    records
+}
+
+/// The addresses of `target` (with their TTLs) in an answer's additional
+/// section.
+pub(crate) fn addresses_in(additionals: &[Record], target: &Name) -> Vec<(IpAddr, u32)> {
+    additionals
+        .iter()
+        .filter(|r| r.name.eq_ignore_root_case(target))
+        .filter_map(|r| r.data.ip_addr().map(|ip| (ip, r.ttl)))
+        .collect()
+}
+
+/// The node of an SRV record whose target has address `ip`.
+pub(crate) fn srv_node(
+    record: &Srv,
+    ip: IpAddr,
+    config: &DnsSourceConfig,
+    service: &str,
+) -> DiscoveredNode {
+    let target = record.target.to_ascii();
+    let host = target.trim_end_matches('.');
+    let port = config.port_override.unwrap_or(record.port);
+    let url = format!("{}://{}", config.scheme.as_str(), SocketAddr::new(ip, port));
+    let mut spec = NodeSpec::new(NodeId::from(format!("{host}:{port}")), url);
+    spec.weight = u32::from(record.weight.max(1));
+    spec.tags.insert("srv.target".to_owned(), host.to_owned());
+    spec.tags
+        .insert("srv.priority".to_owned(), record.priority.to_string());
+    spec.tags
+        .insert("srv.weight".to_owned(), record.weight.to_string());
+    DiscoveredNode::new(
+        spec,
+        NodeOrigin::Dns {
+            service: service.to_owned(),
+            target: target.clone(),
+            port,
+            priority: record.priority,
+            weight: record.weight,
+        },
+    )
+}
+
 /// The RFC mnemonic of a response code (`NXDOMAIN`, `NOERROR`,
 /// `SERVFAIL`, ...).
 fn response_code_name(code: ResponseCode) -> String {
@@ -305,12 +368,12 @@ fn response_code_name(code: ResponseCode) -> String {
 }
 
 /// One usable SRV record.
-struct Srv {
-    target: Name,
-    port: u16,
-    priority: u16,
-    weight: u16,
-    ttl: u32,
+pub(crate) struct Srv {
+    pub(crate) target: Name,
+    pub(crate) port: u16,
+    pub(crate) priority: u16,
+    pub(crate) weight: u16,
+    pub(crate) ttl: u32,
 }
 
 #[async_trait]
@@ -326,21 +389,7 @@ impl DiscoverySource for DnsSource {
             .await
             .map_err(|e| self.lookup_error(e))?;
 
-        let mut records: Vec<Srv> = lookup
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
-                // A target of "." means "decidedly not available here".
-                RData::SRV(srv) if !srv.target.is_root() => Some(Srv {
-                    target: srv.target.clone(),
-                    port: srv.port,
-                    priority: srv.priority,
-                    weight: srv.weight,
-                    ttl: r.ttl,
-                }),
-                _ => None,
-            })
-            .collect();
+        let records = usable_srv_records(lookup.answers(), self.config.priorities);
         if records.is_empty() {
             return Err(DiscoveryError::DnsNoRecords {
                 name: self.name.to_ascii(),
@@ -348,17 +397,6 @@ impl DiscoverySource for DnsSource {
                 code: "NOERROR (no usable target)".to_owned(),
             });
         }
-        if self.config.priorities == SrvPriorities::LowestOnly {
-            let lowest = records.iter().map(|r| r.priority).min().unwrap_or(0);
-            records.retain(|r| r.priority == lowest);
-        }
-        records.sort_by(|a, b| {
-            (a.priority, a.target.to_ascii(), a.port).cmp(&(
-                b.priority,
-                b.target.to_ascii(),
-                b.port,
-            ))
-        });
 
         let mut min_ttl = records.iter().map(|r| r.ttl).min().unwrap_or(u32::MAX);
         let mut nodes = Vec::with_capacity(records.len());
@@ -375,31 +413,7 @@ impl DiscoverySource for DnsSource {
             };
             min_ttl = min_ttl.min(ttl);
             let Some(ip) = ips.first() else { continue };
-            let target = record.target.to_ascii();
-            let host = target.trim_end_matches('.');
-            let port = self.config.port_override.unwrap_or(record.port);
-            let url = format!(
-                "{}://{}",
-                self.config.scheme.as_str(),
-                SocketAddr::new(*ip, port)
-            );
-            let mut spec = NodeSpec::new(NodeId::from(format!("{host}:{port}")), url);
-            spec.weight = u32::from(record.weight.max(1));
-            spec.tags.insert("srv.target".to_owned(), host.to_owned());
-            spec.tags
-                .insert("srv.priority".to_owned(), record.priority.to_string());
-            spec.tags
-                .insert("srv.weight".to_owned(), record.weight.to_string());
-            nodes.push(DiscoveredNode::new(
-                spec,
-                NodeOrigin::Dns {
-                    service: service.clone(),
-                    target,
-                    port,
-                    priority: record.priority,
-                    weight: record.weight,
-                },
-            ));
+            nodes.push(srv_node(&record, *ip, &self.config, &service));
         }
         let ttl = Duration::from_secs(u64::from(min_ttl));
         Ok(DiscoverySnapshot {

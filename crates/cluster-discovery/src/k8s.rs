@@ -376,7 +376,7 @@ fn host_port(address: &str, port: u16) -> String {
 
 /// The nodes of a set of slices: ready endpoints only, IPv4 slices first,
 /// then by slice name and endpoint order.
-fn nodes_from_slices<'a>(
+pub(crate) fn nodes_from_slices<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     config: &KubernetesSourceConfig,
     namespace: &str,

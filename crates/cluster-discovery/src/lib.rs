@@ -62,6 +62,8 @@ mod discovery_tests;
 #[cfg(feature = "dns")]
 pub mod dns;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "k8s")]
 pub mod k8s;
 #[cfg(feature = "mdns")]

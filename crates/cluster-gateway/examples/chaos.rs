@@ -18,7 +18,18 @@
 //! | `malformed` | 300 bodies with invalid UTF-8 or JSON nested 100,000 deep |
 //! | `mid-stream-disconnect` | 300 clients that start a long stream and vanish |
 //!
-//! A case passes when the well-behaved client saw no error and its p99
+//! Then misbehaving nodes (`--only nodes` runs just these), each on a fresh
+//! pair of simulated nodes behind a fresh gateway (round-robin, so the bad
+//! node is tried; first-byte and idle timeouts 2 s, request timeout 5 s):
+//! `node-silent` (accepts, never answers), `node-junk-10mb`,
+//! `node-garbage-chunked`, `node-hang-after-headers`,
+//! `node-endless-stream`, `node-429-retry-after` and
+//! `node-429-no-retry-after` (every completion answered 429), and
+//! `node-flapping` (down 2 s, up 2 s). The bad node must leave rotation (the
+//! wire faults) and the client must see no error (the endless stream may
+//! cost the requests it took before its demotion).
+//!
+//! A client case passes when the well-behaved client saw no error and its p99
 //! stayed within 2× its baseline (or 5 ms of it, whichever is larger: timer
 //! resolution on a shared 2-core machine), the attackers got the expected
 //! answers, and the gateway's open file descriptors and runtime tasks came
@@ -393,13 +404,243 @@ body_read_timeout = "2s"
         )
     });
 
-    let report = render(&baseline, &cases, options.seconds);
-    print!("{report}");
-    std::fs::write(dir.join("report.md"), &report).map_err(|e| e.to_string())?;
+    let mut report = render(&baseline, &cases, options.seconds);
     drop(gw);
     a.shutdown().await;
     b.shutdown().await;
-    Ok(cases.iter().all(|c| c.problems.is_empty()))
+    let mut ok = cases.iter().all(|c| c.problems.is_empty());
+    if wanted("nodes")
+        || options
+            .only
+            .as_deref()
+            .is_some_and(|o| o.starts_with("node-"))
+    {
+        let nodes = node_cases(options).await?;
+        ok &= nodes.iter().all(|c| c.problems.is_empty());
+        report.push('\n');
+        report.push_str(&render_nodes(&nodes));
+    }
+    print!("{report}");
+    std::fs::write(dir.join("report.md"), &report).map_err(|e| e.to_string())?;
+    Ok(ok)
+}
+
+/// One misbehaving-node case.
+struct NodeCase {
+    name: &'static str,
+    baseline: LatencyReport,
+    client: LatencyReport,
+    demoted_after: Option<Duration>,
+    bad_requests: u64,
+    problems: Vec<String>,
+}
+
+/// The status of node `id` in the gateway's `/v1/cluster/status`, and its
+/// request count.
+async fn node_state(base: &str, id: &str) -> Option<(String, u64)> {
+    let v: serde_json::Value = support::client()
+        .get(format!("{base}/v1/cluster/status"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let node = v["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["spec"]["id"] == id)?;
+    Some((
+        node["status"].as_str()?.to_owned(),
+        node["metrics"]["requests_total"].as_u64().unwrap_or(0),
+    ))
+}
+
+/// Each case on a fresh pair of simulated nodes (round-robin, so the bad
+/// one is tried) behind a fresh gateway: the well-behaved client's
+/// baseline, then the fault on node `bad`; time until `bad` leaves
+/// rotation, and what the client saw meanwhile and after.
+async fn node_cases(options: &Options) -> Result<Vec<NodeCase>, String> {
+    use cluster_sim::{FaultConfig, WireFault};
+    let wire = |w| FaultConfig {
+        wire: Some(w),
+        ..FaultConfig::default()
+    };
+    let storm = |omit_retry_after| FaultConfig {
+        overload_rate: 1.0,
+        overload_status: 429,
+        retry_after_seconds: 5,
+        omit_retry_after,
+        ..FaultConfig::default()
+    };
+    let cases: Vec<(&'static str, Option<FaultConfig>, bool)> = vec![
+        ("node-silent", Some(wire(WireFault::Silent)), true),
+        ("node-junk-10mb", Some(wire(WireFault::Junk)), true),
+        (
+            "node-garbage-chunked",
+            Some(wire(WireFault::GarbageChunked)),
+            true,
+        ),
+        (
+            "node-hang-after-headers",
+            Some(wire(WireFault::HangAfterHeaders)),
+            true,
+        ),
+        (
+            "node-endless-stream",
+            Some(wire(WireFault::EndlessStream)),
+            true,
+        ),
+        ("node-429-retry-after", Some(storm(false)), false),
+        ("node-429-no-retry-after", Some(storm(true)), false),
+        ("node-flapping", None, false),
+    ];
+    let seconds = Duration::from_secs(options.seconds);
+    let mut out = Vec::new();
+    for (name, faults, must_demote) in cases {
+        if options
+            .only
+            .as_deref()
+            .is_some_and(|o| !name.contains(o) && o != "nodes")
+        {
+            continue;
+        }
+        eprintln!("chaos: {name} ...");
+        let node = |id: &str| SimNodeConfig {
+            id: id.into(),
+            time_scale: 20.0,
+            ..SimNodeConfig::default()
+        };
+        let good = SimNode::start(node("good"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let bad = SimNode::start(node("bad"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let port = free_port();
+        let config = format!(
+            r#"
+[discovery]
+mode = "static"
+nodes = [{{ id = "good", url = "{}" }}, {{ id = "bad", url = "{}" }}]
+[health]
+check_interval = "1s"
+timeout = "500ms"
+[routing]
+strategy = "round-robin"
+retry_delay = "10ms"
+[gateway]
+listen = "127.0.0.1:{port}"
+first_byte_timeout = "2s"
+idle_timeout = "2s"
+request_timeout = "5s"
+"#,
+            good.base_url(),
+            bad.base_url()
+        );
+        let gw = GatewayProcess::start(&out_dir(&format!("chaos/{name}")), &config, port).await?;
+        let url = format!("{}/v1/chat/completions", gw.base);
+        let baseline = {
+            let c = WellBehavedClient::start(url.clone(), GOOD_BODY.into(), None, Duration::ZERO);
+            tokio::time::sleep(seconds).await;
+            c.stop().await
+        };
+        let before = node_state(&gw.base, "bad").await.map_or(0, |s| s.1);
+        let client = WellBehavedClient::start(url.clone(), GOOD_BODY.into(), None, Duration::ZERO);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        let mut demoted_after = None;
+        match faults {
+            Some(faults) => {
+                bad.set_faults_and_reconnect(faults)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                while started.elapsed() < seconds * 3 {
+                    if demoted_after.is_none()
+                        && let Some((status, _)) = node_state(&gw.base, "bad").await
+                        && !matches!(status.as_str(), "healthy" | "degraded")
+                    {
+                        demoted_after = Some(started.elapsed());
+                        if must_demote {
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                tokio::time::sleep(seconds).await;
+            }
+            None => {
+                // Down for 2 s, up for 2 s, for 4 × seconds.
+                while started.elapsed() < seconds * 4 {
+                    bad.crash().await;
+                    let down = Instant::now();
+                    while down.elapsed() < Duration::from_secs(2) {
+                        if demoted_after.is_none()
+                            && let Some((status, _)) = node_state(&gw.base, "bad").await
+                            && !matches!(status.as_str(), "healthy" | "degraded")
+                        {
+                            demoted_after = Some(down.elapsed());
+                        }
+                        tokio::time::sleep(Duration::from_millis(25)).await;
+                    }
+                    bad.restart().await.map_err(|e| e.to_string())?;
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        }
+        let client = client.stop().await;
+        let after = node_state(&gw.base, "bad").await.map_or(0, |s| s.1);
+        let mut problems = Vec::new();
+        if must_demote && demoted_after.is_none() {
+            problems.push("the bad node was never demoted".to_owned());
+        }
+        // An endless stream commits before it can be judged: the requests
+        // it took before demotion end at gateway.request_timeout.
+        let allowed = if name == "node-endless-stream" { 3 } else { 0 };
+        if client.errors > allowed {
+            problems.push(format!("client errors: {:?}", client.error_samples));
+        }
+        out.push(NodeCase {
+            name,
+            baseline,
+            client,
+            demoted_after,
+            bad_requests: after.saturating_sub(before),
+            problems,
+        });
+        drop(gw);
+        good.shutdown().await;
+        bad.shutdown().await;
+    }
+    Ok(out)
+}
+
+fn render_nodes(cases: &[NodeCase]) -> String {
+    let mut out = String::from(
+        "| case | out of rotation after | requests sent to the bad node | client requests | client errors | client p99 ms (baseline) | result |\n|---|---|---|---|---|---|---|\n",
+    );
+    for c in cases {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} ({}) | {} |",
+            c.name,
+            c.demoted_after.map_or_else(
+                || "never".to_owned(),
+                |d| format!("{:.2} s", d.as_secs_f64())
+            ),
+            c.bad_requests,
+            c.client.requests,
+            c.client.errors,
+            ms(c.client.p99),
+            ms(c.baseline.p99),
+            if c.problems.is_empty() {
+                "pass".to_owned()
+            } else {
+                format!("FAIL: {}", c.problems.join("; "))
+            }
+        );
+    }
+    out
 }
 
 /// Runs `n` copies of `job`, at most `parallel` at once; their results.

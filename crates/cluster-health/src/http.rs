@@ -511,7 +511,7 @@ impl HealthChecker for HttpHealthChecker {
     }
 }
 
-fn parse_model_list(node: &NodeId, body: &[u8]) -> Result<Vec<String>, HealthError> {
+pub(crate) fn parse_model_list(node: &NodeId, body: &[u8]) -> Result<Vec<String>, HealthError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(HealthError::InvalidResponse {
             node: node.clone(),
@@ -539,7 +539,7 @@ fn parse_model_list(node: &NodeId, body: &[u8]) -> Result<Vec<String>, HealthErr
 
 /// Whether a 503 body is llama.cpp's (or a similar server's) "model is
 /// loading" answer.
-fn is_loading_body(body: &[u8]) -> bool {
+pub(crate) fn is_loading_body(body: &[u8]) -> bool {
     let text = String::from_utf8_lossy(body).to_ascii_lowercase();
     text.contains("loading model") || text.contains("model is loading")
 }
@@ -547,7 +547,7 @@ fn is_loading_body(body: &[u8]) -> bool {
 /// Parses `Retry-After`: delay-seconds, or an IMF-fixdate HTTP date
 /// (`Sun, 06 Nov 1994 08:49:37 GMT`) relative to `now` (a date in the past
 /// is zero). Anything else is `None`.
-fn parse_retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+pub(crate) fn parse_retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));

@@ -53,6 +53,8 @@ mod checker;
 mod clock;
 mod cluster;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 pub mod tracker;
 mod wire;

@@ -22,7 +22,7 @@ use std::io;
 use parking_lot::Mutex;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Duration, Instant};
 
@@ -210,7 +210,7 @@ impl WireClient {
     }
 }
 
-enum Failure {
+pub(crate) enum Failure {
     /// Nothing of an answer arrived (safe to retry a `GET`).
     BeforeAnswer(WireError),
     Other(WireError),
@@ -218,11 +218,11 @@ enum Failure {
 
 /// Sends `request` and reads one answer; returns it and the stream if it
 /// can be reused.
-async fn exchange(
-    stream: TcpStream,
+pub(crate) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     request: &[u8],
     body_limit: usize,
-) -> Result<(Answer, Option<TcpStream>), Failure> {
+) -> Result<(Answer, Option<S>), Failure> {
     let mut conn = Conn {
         stream,
         buf: Vec::with_capacity(INITIAL_BUFFER),
@@ -276,13 +276,13 @@ async fn exchange(
 }
 
 /// A stream with the bytes read but not yet consumed (`buf[start..]`).
-struct Conn {
-    stream: TcpStream,
+struct Conn<S> {
+    stream: S,
     buf: Vec<u8>,
     start: usize,
 }
 
-impl Conn {
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     fn pending(&self) -> &[u8] {
         &self.buf[self.start..]
     }
