@@ -5,7 +5,8 @@
 //! client keeps sending requests throughout. The node must be demoted (or,
 //! when overloaded, kept out of rotation) and the client must see no error
 //! that a retry before the first byte could have avoided. Figures (time to
-//! demotion, errors, p99) come from `cargo xtask chaos`.
+//! demotion, errors, p99) come from `cargo xtask chaos`. A real
+//! mlx_lm.server is stopped (`SIGSTOP`), resumed, killed and restarted.
 #![allow(clippy::unwrap_used)]
 
 mod gateway_support;
@@ -174,4 +175,59 @@ async fn a_flapping_node_costs_the_client_nothing() {
     );
     s.gw.stop().await;
     s.fleet.shutdown().await;
+}
+
+/// Real mlx_lm.server nodes: one is stopped (`SIGSTOP`: the kernel still
+/// accepts its connections, nothing answers), then resumed, then killed and
+/// restarted. The client sees no error throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_mlx_server_that_stops_answering_or_restarts() {
+    let fixture = cluster_tests::mlx::MlxFixture::locate().unwrap_or_else(|e| panic!("{e}"));
+    let good = cluster_tests::mlx::MlxServer::start(&fixture)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut bad = cluster_tests::mlx::MlxServer::start(&fixture)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let nodes: Vec<(&str, String)> = vec![("good", good.base_url()), ("bad", bad.base_url())];
+    let mut config = config(&nodes, LoadBalanceStrategy::RoundRobin);
+    config.gateway.first_byte_timeout = Duration::from_secs(3);
+    config.gateway.idle_timeout = Duration::from_secs(3);
+    let gw = GatewayUnderTest::start(config).await;
+    gw.wait_all_routable().await;
+    let signal = |sig: &str, pid: u32| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let client = good_client(&gw);
+    let pid = bad.pid().unwrap();
+    signal("-STOP", pid);
+    wait_until(
+        "the stopped server demoted",
+        Duration::from_secs(30),
+        || !gw.status_of("bad").unwrap().is_routable(),
+    )
+    .await;
+    signal("-CONT", pid);
+    wait_until("the resumed server back", Duration::from_secs(60), || {
+        gw.status_of("bad").unwrap().is_routable()
+    })
+    .await;
+    bad.kill().await.unwrap();
+    wait_until("the killed server demoted", Duration::from_secs(30), || {
+        !gw.status_of("bad").unwrap().is_routable()
+    })
+    .await;
+    bad.restart().await.unwrap();
+    wait_until("the restarted server back", Duration::from_secs(60), || {
+        gw.status_of("bad").unwrap().is_routable()
+    })
+    .await;
+    let report = client.stop().await;
+    assert!(report.requests > 10, "{report:?}");
+    assert_eq!(report.errors, 0, "{report:?}");
+    gw.stop().await;
 }
