@@ -75,10 +75,11 @@ async fn slow_loris_heads_and_bodies_are_cut_at_their_timeouts() {
     assert_eq!(bodies.closed_by_server, 100, "{bodies:?}");
     assert!(bodies.statuses.iter().all(|&s| s == 408), "{bodies:?}");
     // A connection that sends nothing at all is closed too.
-    let (idle, refused) = idle_connections(addr, 10, Duration::from_millis(100))
+    let flood = idle_connections(addr, 10, Duration::from_millis(100))
         .await
         .unwrap();
-    assert!(refused.is_empty());
+    assert!(flood.refused.is_empty());
+    let idle = flood.open;
     wait_until("idle connections closed", Duration::from_secs(20), || {
         gw.connections().open() <= 1
     })
@@ -94,10 +95,11 @@ async fn five_thousand_idle_connections_and_a_connection_limit() {
     let addr = addr_of(&base);
     let good = good_client(&base);
     // Under the default limit (8192) every idle connection is held.
-    let (idle, refused) = idle_connections(addr, 5000, Duration::from_millis(100))
+    let flood = idle_connections(addr, 5000, Duration::from_millis(100))
         .await
         .unwrap();
-    assert_eq!((idle.len(), refused.len()), (5000, 0));
+    assert_eq!((flood.open.len(), flood.refused.len()), (5000, 0));
+    let idle = flood.open;
     wait_until("5000 connections open", Duration::from_secs(20), || {
         gw.connections().open() >= 5000
     })
@@ -118,11 +120,12 @@ async fn five_thousand_idle_connections_and_a_connection_limit() {
         gw.connections().open() == 1
     })
     .await;
-    let (idle, refused) = idle_connections(addr_of(&base), 50, Duration::from_secs(2))
+    let flood = idle_connections(addr_of(&base), 50, Duration::from_secs(2))
         .await
         .unwrap();
-    assert_eq!((idle.len(), refused.len()), (19, 31));
-    for answer in &refused {
+    assert_eq!((flood.open.len(), flood.refused.len()), (19, 31));
+    let idle = flood.open;
+    for answer in &flood.refused {
         assert_eq!(answer.status, 503, "{answer:?}");
         assert!(
             answer.body_text().contains("connection_limit"),
@@ -239,15 +242,23 @@ async fn clients_vanishing_mid_stream_cancel_upstream_and_leak_nothing() {
         gw.connections().open() <= 1
     })
     .await;
-    // File descriptors and tasks return to the baseline (a little slack
-    // for the good client's reconnects and the pool's idle connections).
-    wait_until("fds back to baseline", Duration::from_secs(20), || {
-        cluster_gateway::limits::open_fds().unwrap() <= fds_before + 2
+    // File descriptors and tasks return to the baseline. Slack: this
+    // process holds both ends of every connection, and the node client may
+    // keep a few more pooled connections to the node than before (two fds
+    // and a task or two each); a leak of the 150 streams would be far more.
+    let fds = || cluster_gateway::limits::open_fds().unwrap();
+    let tasks = || runtime.metrics().num_alive_tasks();
+    let settled = tokio::time::timeout(Duration::from_secs(30), async {
+        while fds() > fds_before + 8 || tasks() > tasks_before + 8 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     })
     .await;
-    wait_until("tasks back to baseline", Duration::from_secs(20), || {
-        runtime.metrics().num_alive_tasks() <= tasks_before + 2
-    })
-    .await;
+    assert!(
+        settled.is_ok(),
+        "fds {} (before {fds_before}), tasks {} (before {tasks_before})",
+        fds(),
+        tasks()
+    );
     assert_unharmed(good).await;
 }

@@ -184,10 +184,22 @@ pub async fn slow_loris(
     report
 }
 
-/// Opens `n` connections that send nothing and returns them (they stay
-/// open until dropped). Connections the server refuses straight away are
-/// counted and not returned: a refusal is an answer within `refusal_wait`
-/// (read with its status).
+/// What [`idle_connections`] saw.
+#[derive(Debug, Default)]
+pub struct IdleFlood {
+    /// Connections still open (held until dropped).
+    pub open: Vec<TcpStream>,
+    /// Connections answered at once (a refusal, read with its status).
+    pub refused: Vec<RawAnswer>,
+    /// Connections the server closed without a word (e.g. its header-read
+    /// timeout passed while the flood was being opened).
+    pub closed: usize,
+}
+
+/// Opens `n` connections that send nothing. Each is then looked at once:
+/// those the server answered straight away are refusals (read for at most
+/// `refusal_wait`), those it closed are counted, the others are returned
+/// open.
 ///
 /// # Errors
 /// When a connection cannot be made at all (e.g. out of file descriptors).
@@ -195,28 +207,27 @@ pub async fn idle_connections(
     addr: SocketAddr,
     n: usize,
     refusal_wait: Duration,
-) -> std::io::Result<(Vec<TcpStream>, Vec<RawAnswer>)> {
-    let mut open = Vec::with_capacity(n);
+) -> std::io::Result<IdleFlood> {
+    let mut all = Vec::with_capacity(n);
     for _ in 0..n {
-        open.push(TcpStream::connect(addr).await?);
+        all.push(TcpStream::connect(addr).await?);
     }
-    // Refusals are written at once; look at every connection once.
-    let mut kept = Vec::with_capacity(n);
-    let mut refused = Vec::new();
-    for mut stream in open {
+    let mut flood = IdleFlood::default();
+    for mut stream in all {
         let mut probe = [0u8; 1];
         match tokio::time::timeout(Duration::from_millis(1), stream.peek(&mut probe)).await {
-            Ok(Ok(_)) => {
+            Ok(Ok(n)) if n > 0 => {
                 let bytes = read_some(&mut stream, 64 * 1024, refusal_wait).await;
-                refused.push(RawAnswer {
+                flood.refused.push(RawAnswer {
                     status: parse_status(&bytes),
                     bytes,
                 });
             }
-            _ => kept.push(stream),
+            Ok(_) => flood.closed += 1,
+            Err(_) => flood.open.push(stream),
         }
     }
-    Ok((kept, refused))
+    Ok(flood)
 }
 
 /// `n` clients that send `head` + `body` (a streaming request), read until
