@@ -169,7 +169,16 @@ pub fn load_serve_config(path: Option<&Path>) -> Result<ClusterConfig, FacadeErr
 }
 
 fn check_config(file: &Path) -> ExitCode {
-    match cluster_facade::load_config(file) {
+    let loaded = cluster_facade::load_config(file).map_err(|e| describe_config_error(&e));
+    // The files the config names must be usable too.
+    let loaded = loaded.and_then(|config| {
+        GatewaySettings::load(&config).map_err(|e| e.to_string())?;
+        if let Some(tls) = &config.gateway.tls {
+            crate::tls::server_config(tls).map_err(|e| e.to_string())?;
+        }
+        Ok(config)
+    });
+    match loaded {
         Ok(config) => {
             let nodes = match &config.discovery {
                 cluster_types::DiscoveryConfig::Static(s) => {
@@ -191,12 +200,8 @@ fn check_config(file: &Path) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "{}",
-                describe_config_error(&e).trim_end()
-            );
+        Err(message) => {
+            let _ = writeln!(std::io::stderr(), "{}", message.trim_end());
             ExitCode::FAILURE
         }
     }

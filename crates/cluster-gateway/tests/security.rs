@@ -428,3 +428,39 @@ api_keys_file = "{}"
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn check_config_reads_the_key_file_and_the_certificate() {
+    let dir = temp_dir("check-config");
+    let keys = dir.join("keys");
+    std::fs::write(&keys, "alice sha256:nothex\n").unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\napi_keys_file = \"{}\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
+            keys.display(),
+            dir.join("missing-cert.pem").display(),
+            dir.join("missing-key.pem").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gateway.api_keys_file:1.key_sha256"), "{err}");
+    std::fs::write(&keys, format!("alice sha256:{}\n", sha256_hex(b"k"))).unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing-cert.pem"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
