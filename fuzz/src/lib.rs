@@ -11,6 +11,7 @@
 //! | [`probe_response`] | a node's whole reply to a health probe | the probe's HTTP/1.x reader (heads, chunked, lengths) and the checker's classification |
 //! | [`srv_answer`] | a DNS response message | SRV answers to nodes; every node URL is valid |
 //! | [`endpoint_slices`] | EndpointSlice JSON (one or an array) | slices to nodes |
+//! | [`anthropic`] | a Messages request, or a node's chat answer (whole or streamed, cut into frames) | the translation both ways: whatever is produced is valid JSON / well-formed events |
 //!
 //! `cargo xtask fuzz` runs them coverage-guided with AFL++ (`fuzz/afl`, a
 //! separate crate built by `cargo afl`); `cargo test -p cluster-fuzz` runs
@@ -40,6 +41,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("probe_response", probe_response),
     ("srv_answer", srv_answer),
     ("endpoint_slices", endpoint_slices),
+    ("anthropic", anthropic),
 ];
 
 /// The target named `name`.
@@ -161,4 +163,82 @@ pub fn srv_answer(data: &[u8]) {
 /// EndpointSlice JSON.
 pub fn endpoint_slices(data: &[u8]) {
     let _ = cluster_discovery::fuzzing::endpoint_slices(data);
+}
+
+/// The Anthropic Messages translation: byte 0 picks what the rest is (`% 3`):
+/// a Messages request (parsed, translated to chat completions: the result
+/// must be JSON), a node's non-streamed chat answer (translated to a
+/// message: JSON when it succeeds), or a node's chat stream cut at the
+/// points given by byte 1 (translated event by event: every `data:` line
+/// written must be JSON, and cutting the stream elsewhere must not change
+/// the events).
+pub fn anthropic(data: &[u8]) {
+    use cluster_gateway::anthropic::{Endpoint, MessagesRequest, ReplyMeta, StreamTranslator};
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    let json = |bytes: &[u8], what: &str| {
+        if let Err(e) = serde_json::from_slice::<serde_json::Value>(bytes) {
+            panic!(
+                "{what} is not JSON ({e}): {}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    };
+    let meta = || ReplyMeta::new("claude-fuzz", &[]);
+    match selector % 3 {
+        0 => {
+            if json_too_deep(rest, MAX_JSON_DEPTH) {
+                return;
+            }
+            for endpoint in [Endpoint::Messages, Endpoint::CountTokens] {
+                if let Ok(request) = MessagesRequest::parse(rest, endpoint) {
+                    json(
+                        &request.to_chat_completions("m", Some(64)),
+                        "a translated request",
+                    );
+                    json(
+                        &request.to_chat_completions("m", None),
+                        "a translated request",
+                    );
+                }
+            }
+        }
+        1 => {
+            if let Ok(message) = cluster_gateway::anthropic::translate_response(rest, &meta()) {
+                json(&message, "a translated answer");
+            }
+        }
+        _ => {
+            let Some((&cut, stream)) = rest.split_first() else {
+                return;
+            };
+            let at = usize::from(cut) * stream.len() / 256;
+            let run = |pieces: &[&[u8]]| {
+                let mut t = StreamTranslator::new(meta());
+                let mut out = t.start();
+                for piece in pieces {
+                    t.feed(piece, &mut out);
+                }
+                t.finish(&mut out);
+                out
+            };
+            let whole = run(&[stream]);
+            let cut = run(&[&stream[..at], &stream[at..]]);
+            for line in String::from_utf8_lossy(&whole).lines() {
+                if let Some(data) = line.strip_prefix("data: ") {
+                    json(data.as_bytes(), "an event's data");
+                }
+            }
+            // Message ids are random; compare the events without them.
+            let strip = |events: &[u8]| {
+                String::from_utf8_lossy(events)
+                    .lines()
+                    .filter(|l| !l.contains("\"id\""))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            assert_eq!(strip(&whole), strip(&cut), "the events depend on framing");
+        }
+    }
 }

@@ -124,6 +124,10 @@ proptest! {
         data.extend(&cuts);
         data.extend(events.concat().into_bytes());
         cluster_fuzz::sse(&data);
+        // The same stream through the Anthropic stream translation.
+        let mut translated = vec![2, cuts.first().copied().unwrap_or(0)];
+        translated.extend(events.concat().into_bytes());
+        cluster_fuzz::anthropic(&translated);
     }
 
     #[test]
@@ -140,6 +144,9 @@ proptest! {
         let mut data = vec![api];
         data.extend(body.to_string().into_bytes());
         cluster_fuzz::request(&data);
+        // The same conversation as an Anthropic Messages request.
+        data[0] = 0;
+        cluster_fuzz::anthropic(&data);
     }
 
     #[test]
@@ -169,7 +176,9 @@ proptest! {
         probe in mutated(corpus("probe_response")),
         srv in mutated(corpus("srv_answer")),
         slices in mutated(corpus("endpoint_slices")),
+        anthropic in mutated(corpus("anthropic")),
     ) {
+        cluster_fuzz::anthropic(&anthropic);
         cluster_fuzz::config(&config);
         cluster_fuzz::request(&request);
         cluster_fuzz::sse(&sse);

@@ -27,6 +27,7 @@ pub(crate) const TARGETS: &[&str] = &[
     "probe_response",
     "srv_answer",
     "endpoint_slices",
+    "anthropic",
 ];
 
 struct Stats {

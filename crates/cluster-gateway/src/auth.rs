@@ -40,6 +40,7 @@ use http_body::Frame;
 use pin_project_lite::pin_project;
 use subtle::ConstantTimeEq;
 
+use crate::anthropic::AnthropicError;
 use crate::error::{ApiError, GatewayError, codes};
 use crate::gateway::Gateway;
 
@@ -428,27 +429,12 @@ fn is_anthropic(path: &str) -> bool {
     path.starts_with("/v1/messages")
 }
 
-/// An error in the Anthropic shape:
-/// `{"type":"error","error":{"type":KIND,"message":MESSAGE}}`.
-fn anthropic_error(status: StatusCode, kind: &str, message: &str) -> Response {
-    let body = serde_json::json!({
-        "type": "error",
-        "error": { "type": kind, "message": message },
-    });
-    let mut response = (status, body.to_string()).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
 /// The 401 answer for `path`.
 #[must_use]
 pub fn unauthorized(path: &str) -> Response {
     const MESSAGE: &str = "missing or invalid API key: send a key configured in gateway.api_keys as `Authorization: Bearer KEY` or `x-api-key: KEY`";
     let mut response = if is_anthropic(path) {
-        anthropic_error(StatusCode::UNAUTHORIZED, "authentication_error", MESSAGE)
+        AnthropicError::new(StatusCode::UNAUTHORIZED, MESSAGE).into_response()
     } else {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -478,13 +464,9 @@ pub fn limited(path: &str, key_name: &str, refusal: Refusal) -> Response {
         ),
     };
     if is_anthropic(path) {
-        let mut response =
-            anthropic_error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", &message);
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-        response
+        AnthropicError::new(StatusCode::TOO_MANY_REQUESTS, message)
+            .with_retry_after(Some(wait))
+            .into_response()
     } else {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
