@@ -14,10 +14,11 @@
 //! `503 Service Unavailable`, `Retry-After: 1`, `Connection: close` and an
 //! OpenAI-shaped body with code `connection_limit` — and closed. (Over TLS
 //! the refusal cannot be written before a handshake, so the connection is
-//! just closed.) Refusals are written by a short-lived task that gives the
-//! client at most [`REFUSAL_LINGER`] to read them; at most
-//! [`MAX_REFUSALS_IN_FLIGHT`] such tasks exist at once, beyond which excess
-//! connections are closed without a word.
+//! just closed.) The refusal is written straight from the accept loop; a
+//! short-lived task then keeps the connection for at most
+//! [`REFUSAL_LINGER`] so a client that sent a request can read it; at most
+//! [`MAX_REFUSALS_IN_FLIGHT`] such tasks exist at once, beyond which the
+//! connection is closed right after the refusal.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -36,7 +37,7 @@ use tokio::net::TcpStream;
 pub const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
 /// Most refusals being written at once.
-pub const MAX_REFUSALS_IN_FLIGHT: usize = 256;
+pub const MAX_REFUSALS_IN_FLIGHT: usize = 1024;
 
 /// Counts open client connections against `gateway.max_connections` and
 /// keeps the accept loop's counters. Shared by the accept loop and
@@ -117,17 +118,26 @@ impl ConnectionLimiter {
         self.tls_failures.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Answers a connection refused by the limit with a 503 and closes it,
-    /// in a task of its own (see the module docs).
+    /// Answers a connection refused by the limit with a 503 and closes it.
+    /// The 503 is written at once (a new connection's send buffer always
+    /// has room for it); a task of its own then gives the client up to
+    /// [`REFUSAL_LINGER`] to read it before the close (see the module
+    /// docs), unless [`MAX_REFUSALS_IN_FLIGHT`] such tasks exist already.
     pub fn refuse(self: &Arc<Self>, stream: TcpStream) {
+        let response = refusal_response(self.max);
+        let written = matches!(stream.try_write(&response), Ok(n) if n == response.len());
+        if !written {
+            return;
+        }
         let in_flight = self.refusals_in_flight.fetch_add(1, Ordering::AcqRel);
         if in_flight >= MAX_REFUSALS_IN_FLIGHT {
             self.refusals_in_flight.fetch_sub(1, Ordering::AcqRel);
+            // Closed now; the 503 is already on its way.
             return;
         }
         let limiter = Arc::clone(self);
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(REFUSAL_LINGER, write_refusal(stream, limiter.max)).await;
+            let _ = tokio::time::timeout(REFUSAL_LINGER, linger(stream)).await;
             limiter.refusals_in_flight.fetch_sub(1, Ordering::AcqRel);
         });
     }
@@ -297,10 +307,7 @@ pub fn refusal_response(max: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn write_refusal(mut stream: TcpStream, max: usize) {
-    if stream.write_all(&refusal_response(max)).await.is_err() {
-        return;
-    }
+async fn linger(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
     // Read (and discard) what the client sends until it closes, so closing
     // does not reset the connection under the unread 503.
