@@ -337,6 +337,9 @@ async fn a_node_failing_mid_stream_ends_with_an_error_event() {
             )))
             .await
             .unwrap();
+            // The node dies after its first event went out (a body that
+            // fails before its first frame is retried instead).
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             tx.send(Err(std::io::Error::other("node died")))
                 .await
                 .unwrap();
