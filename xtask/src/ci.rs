@@ -71,7 +71,7 @@ pub(crate) fn run() -> Result<(), String> {
     tidy::run()?;
 
     crate::fuzz::run(&["--seconds".to_owned(), "15".to_owned()])?;
-    crate::reliability::chaos(&["--seconds".to_owned(), "3".to_owned()])?;
+    crate::reliability::chaos(&["--seconds".to_owned(), "2".to_owned()])?;
     crate::reliability::soak(&["--minutes".to_owned(), "3".to_owned()])?;
     eprintln!(
         "\nxtask ci: all steps passed in {:.0}s",
