@@ -192,12 +192,14 @@ async fn per_key_rate_and_concurrency_limits_answer_429_with_retry_after() {
     let (events_tx, events_rx) = mpsc::channel(8);
     streams.send(events_rx).await.unwrap();
     let streamed = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-    let mut stream = chat("sk-one", streamed).send().await.unwrap();
-    assert_eq!(stream.status(), 200);
+    // The first event is ready before the request: the gateway commits an
+    // answer only once its first frame is in.
     events_tx
         .send(Bytes::from_static(b"data: {\"choices\":[]}\n\n"))
         .await
         .unwrap();
+    let mut stream = chat("sk-one", streamed).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
     assert!(stream.chunk().await.unwrap().is_some());
     let r = chat("sk-one", CHAT).send().await.unwrap();
     assert_eq!(r.status(), 429);
