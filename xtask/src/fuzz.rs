@@ -77,9 +77,14 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         "afl-target-{}",
         crate::util::fnv1a(&[CARGO_AFL_VERSION.as_bytes(), rustc.trim().as_bytes()])
     ));
+    // The driver's own workspace takes the main lock file's versions (and
+    // adds afl's few dependencies), so it never goes stale when the main
+    // workspace's dependencies change.
+    std::fs::copy(root.join("Cargo.lock"), root.join("fuzz/afl/Cargo.lock"))
+        .map_err(|e| format!("cannot copy Cargo.lock to fuzz/afl: {e}"))?;
     let mut build = Command::new(env.cargo_afl());
     build
-        .args(["afl", "build", "--release", "--locked", "--manifest-path"])
+        .args(["afl", "build", "--release", "--manifest-path"])
         .arg(&manifest)
         .env("CARGO_TARGET_DIR", &target_dir)
         .current_dir(&root);
