@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::mlx::{create_dir, make_work_dir};
+use crate::process::{create_dir, make_work_dir};
 use crate::{FixtureError, cache_dir_from, fnv1a};
 
 /// Environment variable naming the `claude` program.

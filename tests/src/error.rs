@@ -63,9 +63,7 @@ pub enum FixtureError {
     },
 
     /// The server exited before it answered `GET /v1/models`.
-    #[error(
-        "mlx_lm.server on port {port} exited during start-up ({status}); log {log}:\n{log_tail}"
-    )]
+    #[error("the server on port {port} exited during start-up ({status}); log {log}:\n{log_tail}")]
     Exited {
         /// The port it was started on.
         port: u16,
@@ -90,7 +88,7 @@ pub enum FixtureError {
 
     /// The server did not become ready within the deadline.
     #[error(
-        "mlx_lm.server at {url} not ready after {timeout:?} (last answer: {last}); log {log}:\n{log_tail}"
+        "the server at {url} not ready after {timeout:?} (last answer: {last}); log {log}:\n{log_tail}"
     )]
     StartupTimeout {
         /// The URL that was polled.

@@ -6,6 +6,8 @@
 //!   model that ends its answers, for Claude Code).
 //! - [`claude_code`]: the real Claude Code CLI, run headless in a throw-away
 //!   home against a gateway.
+//! - [`llama`]: a real llama.cpp `llama-server` (built from source by
+//!   `cargo xtask setup`) serving a tiny random-weight GGUF model.
 //! - [`dns`]: a real `dnsmasq` serving SRV and address records on 127.0.0.1.
 //! - [`tls`]: a throwaway CA and server certificate for TLS tests.
 //! - [`k8s`]: a Kubernetes API server speaking EndpointSlice JSON (list,
@@ -39,8 +41,10 @@ pub mod claude_code;
 pub mod dns;
 mod error;
 pub mod k8s;
+pub mod llama;
 pub mod mlx;
 pub mod netns;
+mod process;
 pub mod routers;
 pub mod tls;
 pub mod zeroconf;

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo xtask ci            # everything CI checks, in order (installs what is missing)
-//! cargo xtask setup         # install apt packages, the mlx venv and the tiny model
+//! cargo xtask setup         # install apt packages, the mlx venv, llama-server and the tiny models
 //! cargo xtask bench [NAME]  # run benchmarks (all, or one of the names listed by `bench --list`)
 //! cargo xtask tidy          # the repository's own conventions
 //! cargo xtask chaos         # hostile clients and misbehaving nodes (docs/reliability.md)
@@ -14,6 +14,7 @@
 mod bench;
 mod ci;
 mod fuzz;
+mod llama;
 mod reliability;
 mod setup;
 mod tidy;
@@ -28,8 +29,9 @@ commands:
   ci               fmt check, clippy -D warnings, tests, docs -D warnings, per-crate and
                    per-feature build checks, tidy. Installs what it needs first (see setup).
   setup            install missing apt packages, the Python venv with mlx-lm and the
-                   tiny random-weight model used by the real-node tests; prints the
-                   environment the tests read.
+                   tiny random-weight model, llama.cpp's llama-server (built from
+                   source) and a tiny GGUF model, used by the real-node tests; prints
+                   the environment the tests read.
   bench [NAME..]   run benchmarks; `bench --list` names them. Figures go to stdout and
                    target/criterion.
   tidy             check the repository's conventions (layering, lints, docs).

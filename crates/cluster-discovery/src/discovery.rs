@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use cluster_types::NodeId;
+use cluster_types::{NodeId, NodeProfile};
 use futures::{Stream, StreamExt};
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
@@ -632,8 +632,8 @@ impl Shared {
         let mut rejected = Vec::new();
         for (node, outcome) in changes.new.into_iter().zip(outcomes) {
             match outcome {
-                Ok(models) => {
-                    let node = ValidatedNode { node, models };
+                Ok(profile) => {
+                    let node = ValidatedNode::new(node, profile);
                     next.insert(node.id().clone(), node.clone());
                     discovered.push(node);
                 }
@@ -666,7 +666,7 @@ impl Shared {
         report
     }
 
-    async fn validate(&self, node: &DiscoveredNode) -> Result<Vec<String>, DiscoveryError> {
+    async fn validate(&self, node: &DiscoveredNode) -> Result<NodeProfile, DiscoveryError> {
         let timeout = self.options.validation_timeout;
         match tokio::time::timeout(timeout, self.validator.validate(&node.spec)).await {
             Ok(outcome) => outcome,

@@ -49,7 +49,10 @@ struct Models {
 
 #[async_trait]
 impl NodeValidator for Models {
-    async fn validate(&self, node: &NodeSpec) -> Result<Vec<String>, DiscoveryError> {
+    async fn validate(
+        &self,
+        node: &NodeSpec,
+    ) -> Result<cluster_types::NodeProfile, DiscoveryError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self
             .refuse
@@ -66,7 +69,7 @@ impl NodeValidator for Models {
                 source: None,
             });
         }
-        Ok(vec![format!("m-{}", node.id)])
+        Ok(vec![format!("m-{}", node.id)].into())
     }
 }
 
@@ -231,11 +234,14 @@ async fn validation_has_a_timeout() {
         .expect_validate()
         .withf(|node| node.id.as_str() == "fast")
         .times(1)
-        .returning(|_| Ok(vec!["m".into()]));
+        .returning(|_| Ok(vec!["m".to_owned()].into()));
     struct Hang(MockNodeValidator);
     #[async_trait]
     impl NodeValidator for Hang {
-        async fn validate(&self, node: &NodeSpec) -> Result<Vec<String>, DiscoveryError> {
+        async fn validate(
+            &self,
+            node: &NodeSpec,
+        ) -> Result<cluster_types::NodeProfile, DiscoveryError> {
             if node.id.as_str() == "slow" {
                 std::future::pending::<()>().await;
             }

@@ -213,6 +213,17 @@ impl DiscoveryError {
         }
     }
 
+    /// The URL of the node the error is about, if it is about one node.
+    #[must_use]
+    pub fn url(&self) -> Option<&str> {
+        match self {
+            Self::InvalidNodeUrl { url, .. }
+            | Self::Validation { url, .. }
+            | Self::ValidationTimeout { url, .. } => Some(url),
+            _ => None,
+        }
+    }
+
     /// Whether the error concerns one node only (validation, bad URL) rather
     /// than the whole source. Node errors never touch other nodes; source
     /// errors keep the last good snapshot.

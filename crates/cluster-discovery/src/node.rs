@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cluster_types::{NodeId, NodeSpec};
+use cluster_types::{NodeId, NodeKind, NodeProfile, NodeSpec};
 
 use crate::DiscoveryError;
 
@@ -110,9 +110,25 @@ pub struct ValidatedNode {
     /// Model ids its `GET /v1/models` listed (empty when validation is
     /// off).
     pub models: Vec<String>,
+    /// What server it is (detected at validation; its `kind` tag when
+    /// validation is off). Default generic.
+    pub kind: NodeKind,
+    /// llama.cpp: its number of slots (`total_slots` of `/props`).
+    pub slots: Option<u32>,
 }
 
 impl ValidatedNode {
+    /// `node` as validation described it.
+    #[must_use]
+    pub fn new(node: DiscoveredNode, profile: NodeProfile) -> Self {
+        Self {
+            node,
+            models: profile.models,
+            kind: profile.kind,
+            slots: profile.slots,
+        }
+    }
+
     /// The node's id.
     #[must_use]
     pub fn id(&self) -> &NodeId {

@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cluster_health::{HealthError, HttpHealthChecker};
-use cluster_types::{NodeId, NodeSpec};
+use cluster_types::{NodeId, NodeProfile, NodeSpec};
 
 use crate::DiscoveryError;
 
 /// Checks that a newly discovered node really is an OpenAI-compatible
-/// inference server, and tells which models it serves.
+/// inference server, and tells which models it serves and what kind of
+/// server it is.
 ///
 /// [`ClusterDiscovery`](crate::ClusterDiscovery) calls it once per newly
 /// seen node (with its own timeout around the call) and announces the node
@@ -19,30 +20,33 @@ use crate::DiscoveryError;
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]
 pub trait NodeValidator: Send + Sync {
-    /// Validates `node`; returns the model ids it serves.
+    /// Validates `node`; returns the model ids it serves and its kind.
     ///
     /// # Errors
     /// [`DiscoveryError::Validation`] (or any other variant) when the node is
     /// not usable.
-    async fn validate(&self, node: &NodeSpec) -> Result<Vec<String>, DiscoveryError>;
+    async fn validate(&self, node: &NodeSpec) -> Result<NodeProfile, DiscoveryError>;
 }
 
 /// A validator that accepts every node without asking it anything (models
-/// left empty). For configurations that turn validation off, and for tests of
+/// left empty; kind from the node's `kind` tag, else generic). For configurations that turn validation off, and for tests of
 /// the sources themselves.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AcceptAll;
 
 #[async_trait]
 impl NodeValidator for AcceptAll {
-    async fn validate(&self, _node: &NodeSpec) -> Result<Vec<String>, DiscoveryError> {
-        Ok(Vec::new())
+    async fn validate(&self, node: &NodeSpec) -> Result<NodeProfile, DiscoveryError> {
+        let kind = cluster_types::NodeKind::from_tags(&node.tags).unwrap_or_default();
+        Ok(NodeProfile::new(Vec::new(), kind))
     }
 }
 
 /// Validation over HTTP with cluster-health's [`HttpHealthChecker`]:
 /// `GET {url}/v1/models` must answer 2xx with an OpenAI model list
-/// (`{"data": [{"id": "..."}, ...]}`); the ids are the node's models.
+/// (`{"data": [{"id": "..."}, ...]}`); the ids are the node's models. Then
+/// the node's kind is detected ([`HttpHealthChecker::profile`]: its
+/// `owned_by`, `/props`, `/version`, `/get_server_info`, `/health`).
 ///
 /// Timeouts become [`DiscoveryError::ValidationTimeout`]; every other
 /// failure (refused, HTTP error status, 429/503, a body that is not a model
@@ -83,9 +87,9 @@ impl HttpNodeValidator {
 
 #[async_trait]
 impl NodeValidator for HttpNodeValidator {
-    async fn validate(&self, node: &NodeSpec) -> Result<Vec<String>, DiscoveryError> {
+    async fn validate(&self, node: &NodeSpec) -> Result<NodeProfile, DiscoveryError> {
         self.checker
-            .list_models(node)
+            .profile(node)
             .await
             .map_err(|error| validation_error(node, error))
     }
@@ -115,7 +119,18 @@ fn validation_error(node: &NodeSpec, error: HealthError) -> DiscoveryError {
             format!("GET /v1/models is not an OpenAI model list: {reason}"),
             None,
         ),
-        HealthError::Network { .. } => ("cannot reach the node".to_owned(), None),
+        HealthError::Network { source, .. } => {
+            // The whole chain: a refused certificate says why only deep
+            // down ("invalid peer certificate: UnknownIssuer").
+            let mut reason = format!("cannot reach the node: {source}");
+            let mut next = source.source();
+            while let Some(s) = next {
+                reason.push_str(": ");
+                reason.push_str(&s.to_string());
+                next = s.source();
+            }
+            (reason, None)
+        }
         other => (other.to_string(), None),
     };
     DiscoveryError::Validation {
@@ -137,7 +152,7 @@ struct Unavailable {
 
 #[async_trait]
 impl NodeValidator for Unavailable {
-    async fn validate(&self, node: &NodeSpec) -> Result<Vec<String>, DiscoveryError> {
+    async fn validate(&self, node: &NodeSpec) -> Result<NodeProfile, DiscoveryError> {
         Err(DiscoveryError::Validation {
             node: node.id.clone(),
             url: node.url.clone(),

@@ -14,27 +14,34 @@
 //!   `cache.warmup_retries` times. A warmed prompt is recorded in the cache
 //!   model under the fingerprint `[model, system]` (the gateway's canonical
 //!   order starts with those two segments, so real requests match it).
-//! * **Sync.** Every `cache.sync_interval` each node that reports its cache
-//!   is asked: `GET /metrics` with the simulator's
-//!   `mlx_sim_prompt_cache_entries` / `_tokens` gauges (llama.cpp and vLLM
-//!   expose usage ratios only, which say nothing about which prefixes are
-//!   held). A node reporting fewer entries than the model believes has
-//!   evicted the least recently used ones; zero entries means it restarted.
-//!   mlx_lm.server has no such endpoint (404): it is not asked again, and
-//!   the model lives on request feedback alone. Stale entries expire on the
-//!   same tick (`cache.entry_ttl`), as do idle sticky sessions.
+//! * **Sync.** Every `cache.sync_interval` each routable node is asked what
+//!   it publishes, by kind ([`sync_node`]; parsers in [`crate::published`]):
+//!   llama.cpp's `/slots` (how many slots hold a prompt) and `/metrics`
+//!   (requests processing and deferred); vLLM's and SGLang's `/metrics`
+//!   (running and waiting requests, KV capacity in tokens); the simulator's
+//!   `mlx_sim_prompt_cache_entries` gauge. A node holding fewer prompts than
+//!   the model believes has evicted the least recently used ones; zero
+//!   means it restarted. The queue a node reports feeds least-loaded's load
+//!   (see `live::ReportedQueue`); a published KV capacity becomes the node's
+//!   token limit in the cache model. None of these say *which* prefixes are
+//!   held (llama.cpp's slot prompts are rendered chat templates, not the
+//!   gateway's canonical segments), so they correct counts, not contents.
+//!   mlx_lm.server publishes nothing (404): it is not asked again, and its
+//!   model lives on request feedback (`cached_tokens`) alone. Stale entries
+//!   expire on the same tick (`cache.entry_ttl`), as do idle sticky sessions.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cluster_types::{
-    CacheConfig, NodeId, NodeSpec, PrefixFingerprint, RoutingContext, SegmentKind,
+    CacheConfig, NodeId, NodeKind, NodeSpec, PrefixFingerprint, RoutingContext, SegmentKind,
 };
 use parking_lot::Mutex;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
+use crate::published::{parse_metrics, parse_slots, summarize_slots};
 use crate::router::Router;
 
 /// The user message sent after a warm-up system prompt.
@@ -66,9 +73,41 @@ pub(crate) struct WarmupResult {
     pub(crate) failed: usize,
 }
 
+/// The HTTP clients the coordinator talks to nodes with: the given one for
+/// `http://` nodes, one per TLS setting for `https://` nodes.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeHttp {
+    plain: reqwest::Client,
+    tls: cluster_health::NodeClients,
+}
+
+impl NodeHttp {
+    pub(crate) fn new(plain: reqwest::Client) -> Self {
+        Self {
+            plain,
+            tls: cluster_health::NodeClients::new(),
+        }
+    }
+
+    /// The client for `node`; `None` (logged) when its TLS settings cannot
+    /// be used.
+    fn for_node(&self, node: &NodeSpec) -> Option<reqwest::Client> {
+        if !node.url.starts_with("https://") {
+            return Some(self.plain.clone());
+        }
+        match self.tls.client_for(node) {
+            Ok(client) => Some(client),
+            Err(error) => {
+                tracing::warn!(node = %node.id, %error, "no TLS client for the node");
+                None
+            }
+        }
+    }
+}
+
 /// Sends the warm-up requests for one node (see the module docs).
 pub(crate) async fn warm_up(
-    http: &reqwest::Client,
+    http: &NodeHttp,
     router: &Router,
     limit: &Semaphore,
     cache: &CacheConfig,
@@ -76,6 +115,10 @@ pub(crate) async fn warm_up(
     model: Option<&str>,
 ) -> WarmupResult {
     let mut result = WarmupResult::default();
+    let Some(http) = http.for_node(node) else {
+        result.failed = cache.warmup_prompts.len();
+        return result;
+    };
     for prompt in &cache.warmup_prompts {
         let mut ok = false;
         for _attempt in 0..=cache.warmup_retries {
@@ -126,90 +169,161 @@ pub(crate) async fn warm_up(
     result
 }
 
-/// Cache state a node reports about itself.
+/// What one sync of a node found: its cache and its queue, as far as it
+/// publishes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct CacheReport {
+pub(crate) struct SyncReport {
+    /// Prompts the node holds (simulator gauge; llama.cpp slots holding a
+    /// prompt).
     pub(crate) entries: Option<usize>,
-    pub(crate) tokens: Option<u64>,
+    /// Requests it is running or has queued (llama.cpp, vLLM, SGLang).
+    pub(crate) outstanding: Option<u64>,
+    /// KV capacity in tokens (vLLM, SGLang).
+    pub(crate) token_capacity: Option<u64>,
 }
 
-/// Parses the prompt-cache gauges out of Prometheus text.
-pub(crate) fn parse_metrics(text: &str) -> CacheReport {
-    let mut report = CacheReport::default();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.starts_with('#') {
-            continue;
-        }
-        let mut parts = line.split_whitespace();
-        let (Some(name), Some(value)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        let name = name.split('{').next().unwrap_or(name);
-        let Ok(v) = value.parse::<f64>() else {
-            continue;
-        };
-        if !v.is_finite() || v < 0.0 {
-            continue;
-        }
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        match name {
-            "mlx_sim_prompt_cache_entries" => report.entries = Some(v as usize),
-            "mlx_sim_prompt_cache_tokens" => report.tokens = Some(v as u64),
-            _ => {}
-        }
-    }
-    report
-}
-
-/// Which nodes answered that they cannot report their cache.
+/// Which endpoints of which nodes answered that they are not there (404,
+/// or nothing the parsers know): not asked again until the node is
+/// rediscovered. Plus what sync learned that outlives one tick.
 #[derive(Debug, Default)]
 pub(crate) struct SyncState {
-    silent: Mutex<HashSet<NodeId>>,
+    silent: Mutex<HashSet<(NodeId, &'static str)>>,
+    capacity: Mutex<HashMap<NodeId, u64>>,
 }
 
 impl SyncState {
     pub(crate) fn forget(&self, node: &NodeId) {
-        self.silent.lock().remove(node);
+        self.silent.lock().retain(|(id, _)| id != node);
+        self.capacity.lock().remove(node);
+    }
+
+    /// The KV capacity (tokens) a vLLM or SGLang node published.
+    pub(crate) fn token_capacity(&self, node: &NodeId) -> Option<u64> {
+        self.capacity.lock().get(node).copied()
+    }
+
+    /// Records a published capacity; true when it changed.
+    fn learn_capacity(&self, node: &NodeId, tokens: u64) -> bool {
+        self.capacity.lock().insert(node.clone(), tokens) != Some(tokens)
+    }
+
+    fn is_silent(&self, node: &NodeId, path: &'static str) -> bool {
+        self.silent.lock().contains(&(node.clone(), path))
+    }
+
+    fn silence(&self, node: &NodeId, path: &'static str) {
+        tracing::debug!(node = %node, path, "node does not publish this; not asked again");
+        self.silent.lock().insert((node.clone(), path));
     }
 }
 
-/// Asks one node for its cache state; `None` when it cannot tell (then it
-/// is not asked again until it is rediscovered).
-pub(crate) async fn sync_node(
-    http: &reqwest::Client,
-    state: &SyncState,
+/// `GET {url}{path}`: `Ok(Some(body))` on 2xx, `Ok(None)` on 404 (the node
+/// does not have it), `Err(())` on any other failure (try again next tick).
+async fn get_text(
+    http: &NodeHttp,
     node: &NodeSpec,
+    path: &str,
     timeout: Duration,
-) -> Option<CacheReport> {
-    if state.silent.lock().contains(&node.id) {
-        return None;
-    }
-    let mut req = http.get(format!("{}/metrics", node.url)).timeout(timeout);
+) -> Result<Option<String>, ()> {
+    let http = http.for_node(node).ok_or(())?;
+    let mut req = http.get(format!("{}{path}", node.url)).timeout(timeout);
     if let Some(key) = &node.api_key {
         req = req.bearer_auth(key.expose());
     }
-    let resp = req.send().await.ok()?;
+    let resp = req.send().await.map_err(|_| ())?;
     if resp.status() == reqwest::StatusCode::NOT_FOUND {
-        state.silent.lock().insert(node.id.clone());
-        return None;
+        return Ok(None);
     }
     if !resp.status().is_success() {
-        return None;
+        return Err(());
     }
-    let text = resp.text().await.ok()?;
-    let report = parse_metrics(&text);
-    if report.entries.is_none() {
-        state.silent.lock().insert(node.id.clone());
-        return None;
+    resp.text().await.map(Some).map_err(|_| ())
+}
+
+/// Asks one node what it publishes about its cache and queue, by kind:
+///
+/// * llama.cpp: `GET /slots` (slots holding a prompt → entries) and
+///   `GET /metrics` (requests processing + deferred);
+/// * vLLM, SGLang: `GET /metrics` (running + waiting; KV capacity);
+/// * mlx_lm.server and generic nodes: `GET /metrics` with the simulator's
+///   prompt-cache gauges (a real mlx_lm.server answers 404).
+///
+/// An endpoint that answers 404 or nothing the parsers know is not asked
+/// again until the node is rediscovered. `None` when nothing was learned.
+pub(crate) async fn sync_node(
+    http: &NodeHttp,
+    state: &SyncState,
+    node: &NodeSpec,
+    kind: NodeKind,
+    timeout: Duration,
+) -> Option<SyncReport> {
+    let mut report = SyncReport::default();
+    if kind == NodeKind::LlamaCpp && !state.is_silent(&node.id, "/slots") {
+        match get_text(http, node, "/slots", timeout).await {
+            Ok(Some(body)) => match parse_slots(body.as_bytes()) {
+                Ok(slots) => report.entries = Some(summarize_slots(&slots).cached_prompts),
+                Err(error) => {
+                    tracing::debug!(node = %node.id, %error, "unreadable /slots");
+                    state.silence(&node.id, "/slots");
+                }
+            },
+            Ok(None) => state.silence(&node.id, "/slots"),
+            Err(()) => {}
+        }
     }
-    Some(report)
+    if !state.is_silent(&node.id, "/metrics") {
+        match get_text(http, node, "/metrics", timeout).await {
+            Ok(Some(text)) => {
+                let metrics = parse_metrics(&text);
+                let useful = if kind.publishes_metrics() {
+                    metrics.outstanding().is_some() || metrics.token_capacity.is_some()
+                } else {
+                    metrics.entries.is_some()
+                };
+                if useful {
+                    report.outstanding = metrics.outstanding();
+                    report.token_capacity = metrics.token_capacity;
+                    if report.entries.is_none() {
+                        report.entries = metrics.entries;
+                    }
+                } else {
+                    state.silence(&node.id, "/metrics");
+                }
+            }
+            Ok(None) => state.silence(&node.id, "/metrics"),
+            Err(()) => {}
+        }
+    }
+    (report != SyncReport::default()).then_some(report)
+}
+
+/// Applies one node's report to the router; returns whether a published
+/// capacity changed (the snapshot must be rebuilt to apply it).
+pub(crate) fn apply_report(
+    router: &Router,
+    state: &SyncState,
+    node: &NodeId,
+    report: &SyncReport,
+) -> bool {
+    if let Some(entries) = report.entries {
+        if entries == 0 {
+            router.forget_cache(node);
+        } else {
+            router.sync_cache_entries(node, entries);
+        }
+    }
+    if let Some(requests) = report.outstanding {
+        router.record_reported_queue(node, requests);
+    }
+    report
+        .token_capacity
+        .is_some_and(|tokens| state.learn_capacity(node, tokens))
 }
 
 /// The shared pieces the coordinator tasks use.
 #[derive(Debug)]
 pub(crate) struct Coordinator {
-    pub(crate) http: reqwest::Client,
+    pub(crate) http: NodeHttp,
     pub(crate) warmup_limit: Arc<Semaphore>,
     pub(crate) sync: SyncState,
 }
@@ -217,7 +331,7 @@ pub(crate) struct Coordinator {
 impl Coordinator {
     pub(crate) fn new(http: reqwest::Client, cache: &CacheConfig) -> Self {
         Self {
-            http,
+            http: NodeHttp::new(http),
             warmup_limit: Arc::new(Semaphore::new(
                 usize::try_from(cache.warmup_concurrency.max(1)).unwrap_or(1),
             )),
@@ -229,22 +343,6 @@ impl Coordinator {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_sim_gauges() {
-        let text = "# HELP mlx_sim_prompt_cache_entries x\n# TYPE mlx_sim_prompt_cache_entries gauge\nmlx_sim_prompt_cache_entries 3\nmlx_sim_prompt_cache_tokens{node=\"a\"} 12345\nvllm:gpu_cache_usage_perc 0.5\nbroken\nmlx_sim_prompt_cache_entries_total nan\n";
-        assert_eq!(
-            parse_metrics(text),
-            CacheReport {
-                entries: Some(3),
-                tokens: Some(12_345)
-            }
-        );
-        assert_eq!(
-            parse_metrics("llamacpp:kv_cache_tokens 10\n"),
-            CacheReport::default()
-        );
-    }
 
     #[test]
     fn warmup_context_is_model_then_system() {

@@ -59,6 +59,14 @@ pub enum FailureKind {
     Reset,
     /// The answer could not be understood.
     InvalidResponse,
+    /// The node answered that it cannot serve what it listed: 404 on the
+    /// completion path (mlx_lm.server once its generation thread died
+    /// answers every completion 404 while `/v1/models` still lists the
+    /// model).
+    NotServed {
+        /// The HTTP status.
+        status: u16,
+    },
 }
 
 /// How a routed request ended.

@@ -56,8 +56,10 @@ mod live;
 mod manager;
 #[cfg(test)]
 mod manager_tests;
+mod node_tls;
 mod params;
 mod prefill_gate;
+mod published;
 mod reload;
 #[cfg(test)]
 mod reload_tests;
@@ -81,6 +83,10 @@ pub use layered::{RUNTIME_ORIGIN, TAG_RUNTIME};
 pub use manager::{Cluster, ClusterBuilder, EVENT_CAPACITY};
 pub use params::{CostParams, RouterParams, StrategyKind};
 pub use prefill_gate::TAG_PREFILL_CONCURRENCY;
+pub use published::{
+    LlamaSlot, PublishedMetrics, SlotSummary, SlotsError, parse_metrics, parse_slots,
+    summarize_slots,
+};
 pub use reload::ReloadReport;
 pub use router::{Router, TAG_CACHE_ENTRIES, TAG_CACHE_TOKENS};
 pub use snapshot::{ClusterSnapshot, NodeEntry};

@@ -111,6 +111,39 @@ pub(crate) struct NodeLive {
     pub(crate) window: Mutex<RollingWindow>,
     /// Last success rate of `window`, cached for the hot path.
     pub(crate) success_rate: AtomicF64,
+    /// Requests the node itself reported as running or waiting (llama.cpp,
+    /// vLLM, SGLang `/metrics`), with when it said so.
+    pub(crate) reported_queue: ReportedQueue,
+}
+
+/// How long a node's own report of its queue counts: 10 s (a few cache
+/// sync intervals; an older report says nothing about now).
+pub(crate) const REPORTED_QUEUE_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// A node's own count of requests it is running or has queued (from every
+/// client, not only this gateway), written by the cache sync and read by
+/// least-loaded. Two relaxed atomics: a reader may pair a new count with the
+/// previous time, which only shifts when the report expires by one sync.
+#[derive(Debug, Default)]
+pub(crate) struct ReportedQueue {
+    requests: AtomicU64,
+    /// Encoded instant of the report (0 = never).
+    at: AtomicU64,
+}
+
+impl ReportedQueue {
+    /// Records `requests` reported at `at_enc` (an [`Epoch`]-encoded instant).
+    pub(crate) fn store(&self, requests: u64, at_enc: u64) {
+        self.requests.store(requests, Ordering::Relaxed);
+        self.at.store(at_enc, Ordering::Relaxed);
+    }
+
+    /// The reported count, if reported within `max_age_ns` before `now_enc`.
+    pub(crate) fn fresh(&self, now_enc: u64, max_age_ns: u64) -> Option<u64> {
+        let at = self.at.load(Ordering::Relaxed);
+        (at != 0 && now_enc.saturating_sub(at) <= max_age_ns)
+            .then(|| self.requests.load(Ordering::Relaxed))
+    }
 }
 
 impl NodeLive {
@@ -140,6 +173,7 @@ impl NodeLive {
             latency_ns: AtomicF64::new(0.0),
             window: Mutex::new(RollingWindow::new(window, samples.max(1))),
             success_rate: AtomicF64::new(1.0),
+            reported_queue: ReportedQueue::default(),
         }
     }
 
@@ -224,6 +258,11 @@ mod tests {
         assert!(!live.is_saturated(1));
         live.saturated_until.store(10, Ordering::Relaxed);
         assert!(live.is_saturated(5));
+        let q = ReportedQueue::default();
+        assert_eq!(q.fresh(100, 50), None);
+        q.store(7, 60);
+        assert_eq!(q.fresh(100, 50), Some(7));
+        assert_eq!(q.fresh(111, 50), None);
         let f = AtomicF64::new(1.5);
         f.store(2.5);
         assert!((f.load() - 2.5).abs() < 1e-12);

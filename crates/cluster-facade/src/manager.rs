@@ -9,15 +9,16 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use cluster_discovery::{
-    ClusterDiscovery, DiscoveryEvent, DiscoverySource, NodeValidator, options_from_config,
-    source_from_config,
+    ClusterDiscovery, DiscoveryEvent, DiscoverySource, NodeValidator, ValidatedNode,
+    options_from_config, source_from_config,
 };
 use cluster_health::{
     ClusterHealth, HealthChecker, HealthEvent, Observation, ProbeGuard, TokioClock,
 };
 use cluster_metrics::{MetricsRegistry, SharedClock, aggregate_cluster_metrics};
 use cluster_types::{
-    ClusterConfig, ClusterState, ClusterStatus, Node, NodeId, NodeStatus, RoutingContext,
+    ClusterConfig, ClusterState, ClusterStatus, KIND_TAG, Node, NodeId, NodeKind, NodeStatus,
+    RoutingContext,
 };
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
@@ -29,7 +30,7 @@ use crate::events::ClusterEvent;
 use crate::guard::{ProbeGate, ProbeTicket, RequestOutcome, Selection};
 use crate::layered::LayeredSource;
 use crate::params::RouterParams;
-use crate::router::{OutcomeObserver, Router};
+use crate::router::{OutcomeObserver, Router, TAG_CACHE_ENTRIES, TAG_CACHE_TOKENS};
 use crate::snapshot::NodeEntry;
 
 /// Capacity of the cluster's event channel: 1024 events.
@@ -153,9 +154,14 @@ impl ClusterBuilder {
                 .map_err(|e| init("discovery")(Box::new(e)))?,
         };
         let layered = Arc::new(LayeredSource::new(source));
+        // The global node_tls under every node's own TLS settings, runtime
+        // nodes included (a reload that changes it needs a restart).
+        let discovered = crate::node_tls::WithNodeTls::wrap(
+            Arc::clone(&layered) as Arc<dyn DiscoverySource>,
+            &config.node_tls,
+        );
         let mut builder =
-            ClusterDiscovery::builder(Arc::clone(&layered) as Arc<dyn DiscoverySource>)
-                .options(options_from_config(&config.discovery));
+            ClusterDiscovery::builder(discovered).options(options_from_config(&config.discovery));
         if let Some(v) = self.validator {
             builder = builder.shared_validator(v);
         }
@@ -217,6 +223,7 @@ impl ClusterBuilder {
             router,
             events,
             drained: Mutex::new(BTreeSet::new()),
+            unreachable: Mutex::new(std::collections::BTreeMap::new()),
             last_status: Mutex::new(ClusterStatus::Starting),
             rebuild: Mutex::new(()),
             tasks: Mutex::new(Vec::new()),
@@ -233,6 +240,20 @@ impl ClusterBuilder {
         }
         Ok(Cluster { inner })
     }
+}
+
+/// A node that failed validation, as last seen.
+struct Unreachable {
+    url: String,
+    reason: String,
+    at: std::time::Instant,
+}
+
+/// How long a node that failed validation stays in the status without
+/// failing again (discovery retries it at every refresh): 3 refreshes, at
+/// least 90 s.
+fn unreachable_ttl(refresh: Duration) -> Duration {
+    (refresh * 3).max(Duration::from_secs(90))
 }
 
 /// Feeds passive outcomes of real requests to health.
@@ -298,6 +319,10 @@ pub(crate) struct Inner {
     metrics: MetricsRegistry,
     events: broadcast::Sender<ClusterEvent>,
     drained: Mutex<BTreeSet<NodeId>>,
+    /// Nodes discovery found but could not validate (refused, wrong
+    /// certificate, not an inference server): shown offline in the status
+    /// with the reason, until they validate or stop being found.
+    unreachable: Mutex<std::collections::BTreeMap<NodeId, Unreachable>>,
     last_status: Mutex<ClusterStatus>,
     /// Serialises snapshot rebuilds.
     rebuild: Mutex<()>,
@@ -309,6 +334,56 @@ impl Inner {
     pub(crate) fn emit(&self, event: ClusterEvent) {
         // No subscriber is fine.
         let _ = self.events.send(event);
+    }
+
+    /// The spec the rest of the cluster sees for a validated node: its
+    /// discovered spec plus what validation and sync learned, as tags the
+    /// user did not set themselves — `kind` (health probes the kind's
+    /// path), llama.cpp's slot count as `prompt_cache_entries` (one cached
+    /// prompt per slot), a published KV capacity as `prompt_cache_tokens`.
+    fn effective_spec(&self, node: &ValidatedNode) -> cluster_types::NodeSpec {
+        let mut spec = node.spec().clone();
+        spec.tags
+            .entry(KIND_TAG.to_owned())
+            .or_insert_with(|| node.kind.as_str().to_owned());
+        if node.kind == NodeKind::LlamaCpp
+            && let Some(slots) = node.slots
+        {
+            spec.tags
+                .entry(TAG_CACHE_ENTRIES.to_owned())
+                .or_insert_with(|| slots.to_string());
+        }
+        if let Some(tokens) = self.coordinator.sync.token_capacity(node.id()) {
+            spec.tags
+                .entry(TAG_CACHE_TOKENS.to_owned())
+                .or_insert_with(|| tokens.to_string());
+        }
+        spec
+    }
+
+    /// Nodes that failed validation (and are not in the snapshot), as
+    /// offline nodes whose health says why; stale ones are dropped.
+    fn unreachable_nodes(
+        &self,
+        snap: &crate::snapshot::ClusterSnapshot,
+        now: std::time::Instant,
+        unix_now: u64,
+    ) -> Vec<Node> {
+        let ttl = unreachable_ttl(self.discovery.options().refresh_interval);
+        let mut unreachable = self.unreachable.lock();
+        unreachable
+            .retain(|id, u| snap.entry(id).is_none() && now.saturating_duration_since(u.at) <= ttl);
+        unreachable
+            .iter()
+            .map(|(id, u)| {
+                let mut node = Node::new(cluster_types::NodeSpec::new(id.clone(), u.url.clone()));
+                node.status = NodeStatus::Offline;
+                node.health.success_rate = 0.0;
+                node.health.last_error = Some(u.reason.clone());
+                node.health.last_check_unix_ms = Some(unix_now);
+                node
+            })
+            .collect()
     }
 
     /// Starts tracking a node in health; a node that passed discovery's
@@ -339,7 +414,7 @@ impl Inner {
                 NodeEntry {
                     drained: drained.contains(n.id()),
                     probe_ready: matches!(status, NodeStatus::Unhealthy | NodeStatus::Offline),
-                    spec: n.spec().clone(),
+                    spec: self.effective_spec(&n),
                     status,
                     models: n.models.clone(),
                 }
@@ -372,8 +447,9 @@ impl Inner {
     fn on_discovery(self: &Arc<Self>, event: DiscoveryEvent) {
         match event {
             DiscoveryEvent::Discovered(node) => {
+                self.unreachable.lock().remove(node.id());
                 self.coordinator.sync.forget(node.id());
-                self.track(node.spec().clone());
+                self.track(self.effective_spec(&node));
                 self.rebuild();
                 self.emit(ClusterEvent::NodeDiscovered {
                     node: node.id().clone(),
@@ -391,13 +467,25 @@ impl Inner {
                 });
             }
             DiscoveryEvent::Updated { current, .. } => {
-                self.health.add_node(current.spec().clone());
+                self.health.add_node(self.effective_spec(&current));
                 self.rebuild();
                 self.emit(ClusterEvent::NodeUpdated {
                     node: current.id().clone(),
                 });
             }
             DiscoveryEvent::Error(error) => {
+                if let Some(node) = error.node()
+                    && let Some(url) = error.url()
+                {
+                    self.unreachable.lock().insert(
+                        node.clone(),
+                        Unreachable {
+                            url: url.to_owned(),
+                            reason: error.to_string(),
+                            at: self.clock.now(),
+                        },
+                    );
+                }
                 self.emit(ClusterEvent::DiscoveryFailed {
                     message: error.to_string(),
                 });
@@ -445,7 +533,7 @@ impl Inner {
                     Ok(e) => inner.on_discovery(e),
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         for node in inner.discovery.nodes() {
-                            inner.track(node.spec().clone());
+                            inner.track(inner.effective_spec(&node));
                         }
                         inner.rebuild();
                     }
@@ -491,28 +579,35 @@ impl Inner {
         self.router.expire(now);
         let snap = self.router.snapshot();
         let timeout = self.config.load().health.timeout;
+        let mut capacity_changed = false;
         for entry in snap.entries() {
             if !entry.status.is_routable() {
                 continue;
             }
-            let report = coordinator::sync_node(
+            let kind = NodeKind::from_tags(&entry.spec.tags).unwrap_or_default();
+            let Some(report) = coordinator::sync_node(
                 &self.coordinator.http,
                 &self.coordinator.sync,
                 &entry.spec,
+                kind,
                 timeout,
             )
-            .await;
-            if let Some(entries) = report.and_then(|r| r.entries) {
-                if entries == 0 {
-                    self.router.forget_cache(&entry.spec.id);
-                } else {
-                    self.router.sync_cache_entries(&entry.spec.id, entries);
-                }
+            .await
+            else {
+                continue;
+            };
+            let id = &entry.spec.id;
+            capacity_changed |=
+                coordinator::apply_report(&self.router, &self.coordinator.sync, id, &report);
+            if let Some(entries) = report.entries {
                 self.emit(ClusterEvent::CacheSynced {
-                    node: entry.spec.id.clone(),
+                    node: id.clone(),
                     entries,
                 });
             }
+        }
+        if capacity_changed {
+            self.rebuild();
         }
     }
 
@@ -636,6 +731,7 @@ impl Cluster {
                     cache: inner.router.cache_state(id).unwrap_or_default(),
                     metrics: inner.router.node_metrics(id).unwrap_or_default(),
                     models: e.models.clone(),
+                    kind: NodeKind::from_tags(&e.spec.tags).unwrap_or_default(),
                 }
             })
             .collect();
@@ -651,6 +747,8 @@ impl Cluster {
             })
             .collect();
         let metrics = aggregate_cluster_metrics(counters.iter().map(|(id, st, s)| (id, *st, s)));
+        let mut nodes = nodes;
+        nodes.extend(inner.unreachable_nodes(&snap, now, unix_now));
         ClusterState::new(nodes, metrics, unix_now)
     }
 

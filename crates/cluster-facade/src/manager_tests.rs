@@ -38,12 +38,16 @@ struct Models;
 
 #[async_trait]
 impl NodeValidator for Models {
-    async fn validate(&self, node: &NodeSpec) -> Result<Vec<String>, DiscoveryError> {
+    async fn validate(
+        &self,
+        node: &NodeSpec,
+    ) -> Result<cluster_types::NodeProfile, DiscoveryError> {
         Ok(if node.id.as_str().starts_with('m') {
             vec!["shared".to_owned(), format!("model-{}", node.id)]
         } else {
             Vec::new()
-        })
+        }
+        .into())
     }
 }
 

@@ -13,7 +13,7 @@
 //! - Needing a restart (reported in [`ReloadReport::restart_required`],
 //!   the rest is still applied): `health`, `backoff`, `routing.session_ttl`
 //!   and `routing.max_sessions`, the discovery timing
-//!   (`refresh_interval`, `validation_timeout`) and `gateway`.
+//!   (`refresh_interval`, `validation_timeout`), `gateway` and `node_tls`.
 //!
 //! Runtime nodes live in memory only: a restart (or a reload) keeps what the
 //! configuration says and forgets nothing else — except runtime nodes,
@@ -106,6 +106,7 @@ impl Cluster {
                 options_from_config(&old.discovery) != options_from_config(&config.discovery),
             ),
             ("gateway", old.gateway != config.gateway),
+            ("node_tls", old.node_tls != config.node_tls),
         ];
         report.restart_required = restart
             .iter()

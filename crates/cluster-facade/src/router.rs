@@ -570,6 +570,16 @@ impl Router {
         }
     }
 
+    /// Records how many requests a node says it is running or queueing
+    /// (its own `/metrics`, all clients); least-loaded reads it while fresh.
+    pub fn record_reported_queue(&self, node: &NodeId, requests: u64) {
+        let snap = self.shared.snapshot.load();
+        if let Some(i) = snap.index_of(node) {
+            let now = self.shared.epoch.encode(self.shared.clock.now());
+            snap.node(i).live.reported_queue.store(requests, now);
+        }
+    }
+
     /// Replaces what the cache model believes about a node with chains the
     /// node reported itself (block chains and token counts).
     pub fn replace_cache(&self, node: &NodeId, chains: Vec<(Arc<[u64]>, u64)>) {

@@ -33,6 +33,8 @@ pub trait ClusterHandle: Send + Sync + 'static {
     fn undrain(&self, node: &NodeId) -> Result<(), FacadeError>;
     /// Runs discovery now.
     fn refresh_discovery(&self) -> BoxFuture<'_, Result<(), FacadeError>>;
+    /// The TLS settings of a node (for `https://` nodes), from its spec.
+    fn node_tls(&self, node: &NodeId) -> Option<cluster_types::NodeTls>;
 }
 
 fn set_drained(router: &Router, node: &NodeId, drained: bool) -> Result<(), FacadeError> {
@@ -52,6 +54,10 @@ fn set_drained(router: &Router, node: &NodeId, drained: bool) -> Result<(), Faca
 impl ClusterHandle for Router {
     fn select(&self, ctx: &RoutingContext) -> Result<Selection, FacadeError> {
         Router::select(self, ctx)
+    }
+
+    fn node_tls(&self, node: &NodeId) -> Option<cluster_types::NodeTls> {
+        self.snapshot().entry(node).map(|e| e.spec.tls.clone())
     }
 
     fn status(&self) -> ClusterState {
@@ -118,6 +124,13 @@ impl ClusterHandle for Router {
 impl ClusterHandle for Cluster {
     fn select(&self, ctx: &RoutingContext) -> Result<Selection, FacadeError> {
         Cluster::select(self, ctx)
+    }
+
+    fn node_tls(&self, node: &NodeId) -> Option<cluster_types::NodeTls> {
+        self.router()
+            .snapshot()
+            .entry(node)
+            .map(|e| e.spec.tls.clone())
     }
 
     fn status(&self) -> ClusterState {

@@ -192,11 +192,28 @@ fn check_config(file: &Path) -> ExitCode {
                     format!("mDNS browsing {}", m.service_types.join(", "))
                 }
             };
+            let (errors, warnings) =
+                crate::checks::check(&config, &crate::checks::compiled_features());
+            for w in &warnings {
+                let _ = writeln!(std::io::stderr(), "  warning: {}: {}", w.path, w.message);
+            }
+            if !errors.is_empty() {
+                let _ = writeln!(std::io::stderr(), "{}:", file.display());
+                for e in &errors {
+                    let _ = writeln!(std::io::stderr(), "  {}: {}", e.path, e.message);
+                }
+                return ExitCode::FAILURE;
+            }
             println!(
-                "{}: ok ({nodes}, strategy {}, listen {})",
+                "{}: ok ({nodes}, strategy {}, listen {}{})",
                 file.display(),
                 config.routing.strategy,
-                config.gateway.listen
+                config.gateway.listen,
+                if warnings.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} warning(s)", warnings.len())
+                }
             );
             ExitCode::SUCCESS
         }
@@ -344,6 +361,7 @@ pub fn node_table(state: &ClusterState) -> String {
     let mut rows = vec![[
         "NODE".to_owned(),
         "STATUS".to_owned(),
+        "KIND".to_owned(),
         "URL".to_owned(),
         "IN-FLIGHT".to_owned(),
         "REQUESTS".to_owned(),
@@ -358,6 +376,7 @@ pub fn node_table(state: &ClusterState) -> String {
         rows.push([
             node.spec.id.to_string(),
             node.status.to_string(),
+            node.kind.to_string(),
             node.spec.url.clone(),
             nm.in_flight.to_string(),
             nm.requests_total.to_string(),
@@ -368,7 +387,7 @@ pub fn node_table(state: &ClusterState) -> String {
             node.models.join(","),
         ]);
     }
-    let mut widths = [0usize; 10];
+    let mut widths = [0usize; 11];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -451,9 +470,12 @@ mod tests {
         let mut a = Node::new(NodeSpec::new("mac-a", "http://a:8080"));
         a.status = NodeStatus::Healthy;
         a.models = vec!["qwen".into()];
+        a.kind = cluster_types::NodeKind::LlamaCpp;
         let state = ClusterState::new(vec![a], ClusterMetrics::default(), 1);
         let t = node_table(&state);
         assert!(t.contains("mac-a"), "{t}");
+        assert!(t.contains("llama_cpp"), "{t}");
+        assert!(t.lines().nth(1).unwrap().contains("KIND"), "{t}");
         assert!(t.contains("healthy"));
         assert!(t.contains("qwen"));
         assert!(t.lines().nth(1).unwrap().starts_with("NODE"));

@@ -54,6 +54,7 @@ pub mod anthropic;
 pub mod auth;
 pub mod backend;
 mod canonical;
+pub mod checks;
 pub mod cli;
 pub mod demo;
 pub mod error;

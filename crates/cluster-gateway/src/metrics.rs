@@ -25,15 +25,19 @@ pub enum RetryCause {
     ServerError,
     /// The node answered 429 or 503 (overloaded).
     Overloaded,
+    /// The node answered 404 on the completion path: it cannot serve what
+    /// it listed.
+    NotServed,
 }
 
 impl RetryCause {
-    const ALL: [RetryCause; 5] = [
+    const ALL: [RetryCause; 6] = [
         Self::Connect,
         Self::Timeout,
         Self::Request,
         Self::ServerError,
         Self::Overloaded,
+        Self::NotServed,
     ];
 
     const fn label(self) -> &'static str {
@@ -43,6 +47,7 @@ impl RetryCause {
             Self::Request => "request",
             Self::ServerError => "server_error",
             Self::Overloaded => "overloaded",
+            Self::NotServed => "not_served",
         }
     }
 }
@@ -77,7 +82,7 @@ fn api_index(api: ApiKind) -> usize {
 pub struct GatewayMetrics {
     /// [api][status class]
     responses: [[AtomicU64; 5]; 3],
-    retries: [AtomicU64; 5],
+    retries: [AtomicU64; RetryCause::ALL.len()],
     stream_failures: [AtomicU64; 4],
     no_routable_node: AtomicU64,
     in_flight: AtomicI64,

@@ -8,7 +8,12 @@
 //!
 //! - the connection to the node failed or timed out (connect or first-byte
 //!   timeout), or
-//! - the node answered 5xx, or 429 (overloaded).
+//! - the node answered 5xx, or 429 (overloaded), or
+//! - the node answered 404: the router sent the request there because the
+//!   node lists the model (or serves any), so a 404 on the completion path
+//!   means the node cannot serve what it listed (mlx_lm.server whose
+//!   generation thread died answers exactly that). It counts against the
+//!   node's health like a 5xx, not as a success.
 //!
 //! At most `routing.max_retries` retries (default 2), each after
 //! `routing.retry_delay` (default 100 ms). An overloaded node's
@@ -318,12 +323,20 @@ pub async fn forward<P: AttemptPlan>(
             body,
             mode,
         } = plan.attempt(&selection.target);
+        // An https:// node's TLS settings live in its spec.
+        let tls = selection
+            .target
+            .base_url
+            .starts_with("https://")
+            .then(|| gw.cluster().node_tls(&node_id))
+            .flatten();
         let request = UpstreamRequest {
             base_url: &selection.target.base_url,
             path,
             api_key: selection.target.api_key.as_ref().map(|k| k.expose()),
             client_headers: headers,
             body,
+            tls: tls.as_ref(),
         };
         let sent = match deadline {
             None => gw.upstream().post(request).await,
@@ -349,7 +362,9 @@ pub async fn forward<P: AttemptPlan>(
         match sent {
             Ok(response) => {
                 let status = response.status();
-                let retryable = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+                let retryable = status.is_server_error()
+                    || status == StatusCode::TOO_MANY_REQUESTS
+                    || status == StatusCode::NOT_FOUND;
                 if !retryable {
                     // Committed only once the first body frame is in: a node
                     // that sends headers and then nothing (or garbage) is
@@ -417,6 +432,13 @@ pub async fn forward<P: AttemptPlan>(
                         retry_after: retry_after(response.headers()),
                     });
                     gw.metrics().retry(RetryCause::Overloaded);
+                } else if status == StatusCode::NOT_FOUND {
+                    guard.finish(RequestOutcome::Failed {
+                        kind: FailureKind::NotServed {
+                            status: status.as_u16(),
+                        },
+                    });
+                    gw.metrics().retry(RetryCause::NotServed);
                 } else {
                     guard.finish(RequestOutcome::Failed {
                         kind: FailureKind::ServerError {
@@ -455,11 +477,12 @@ fn upstream_error(node: &NodeId, error: &UpstreamError) -> ApiError {
             codes::UPSTREAM_TIMEOUT,
             format!("node {node} sent no response within {after:?}"),
         ),
-        UpstreamError::Connect { .. } => ApiError::new(
+        UpstreamError::Connect { source, .. } => ApiError::new(
             StatusCode::BAD_GATEWAY,
             "server_error",
             codes::UPSTREAM_UNAVAILABLE,
-            format!("cannot connect to node {node}"),
+            // The chain says why, e.g. a refused certificate.
+            format!("cannot connect to node {node}: {}", error_chain(source)),
         ),
         other => ApiError::new(
             StatusCode::BAD_GATEWAY,

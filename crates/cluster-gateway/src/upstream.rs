@@ -6,16 +6,25 @@
 //! closes and never returns that connection to the pool. Connections to
 //! keep-alive nodes (llama.cpp, vLLM, the simulator) are reused.
 //!
-//! Node URLs are plain `http://` (what local inference servers speak); an
-//! `https://` node is refused with [`UpstreamError::UnsupportedScheme`].
+//! `https://` nodes are reached over rustls (aws-lc-rs), HTTP/1.1: their
+//! certificate is verified against the system roots plus the node's
+//! `tls.ca_file` (the global `node_tls` applies underneath), or not at all
+//! with `tls.insecure_skip_verify` (logged as a warning). One pooled client
+//! per distinct TLS setting, built on first use (see
+//! `cluster_health::tls_client_config`). Any other scheme is refused with
+//! [`UpstreamError::UnsupportedScheme`].
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use cluster_types::NodeTls;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -59,11 +68,20 @@ pub enum UpstreamError {
         /// The URL that was built.
         url: String,
     },
-    /// The node's URL is not `http://`.
-    #[error("node URL {url:?} is not http:// (the gateway forwards over plain HTTP)")]
+    /// The node's URL is neither `http://` nor `https://`.
+    #[error("node URL {url:?} is neither http:// nor https://")]
     UnsupportedScheme {
         /// The node's base URL.
         url: String,
+    },
+    /// The node's TLS settings cannot be used (unreadable CA file).
+    #[error("TLS settings of {url}: {source}")]
+    Tls {
+        /// The node's base URL.
+        url: String,
+        /// What is wrong.
+        #[source]
+        source: cluster_health::TlsSetupError,
     },
     /// No TCP connection could be made (refused, unreachable, connect timeout).
     #[error("cannot connect to {url}: {source}")]
@@ -152,30 +170,83 @@ pub struct UpstreamRequest<'a> {
     pub client_headers: &'a HeaderMap,
     /// The body, exactly as the client sent it.
     pub body: Bytes,
+    /// Certificate verification for an `https://` node (`None`: system
+    /// roots, verification on).
+    pub tls: Option<&'a NodeTls>,
 }
 
-/// Pooled HTTP client for nodes (cheap to clone: shares its pool).
+type NodeHttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Pooled HTTP client for nodes (cheap to clone: shares its pools).
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// `http://` nodes and `https://` nodes with default TLS settings.
+    client: NodeHttpClient,
+    /// `https://` nodes with their own TLS settings.
+    by_tls: Arc<Mutex<HashMap<NodeTls, NodeHttpClient>>>,
     settings: UpstreamSettings,
+}
+
+fn node_client(
+    settings: &UpstreamSettings,
+    tls: &NodeTls,
+) -> Result<NodeHttpClient, cluster_health::TlsSetupError> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(settings.connect_timeout));
+    connector.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(cluster_health::tls_client_config(tls)?)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(settings.pool_idle_timeout)
+        .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+        .build(https))
 }
 
 impl UpstreamClient {
     /// A client with `settings`. Must be called inside a Tokio runtime.
+    ///
+    /// # Panics
+    /// Never in practice: the default TLS settings have no file to read.
     #[must_use]
     pub fn new(settings: UpstreamSettings) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(settings.pool_idle_timeout)
-            .pool_max_idle_per_host(settings.pool_max_idle_per_host)
-            .build(connector);
-        Self { client, settings }
+        #[allow(clippy::expect_used)]
+        let client =
+            node_client(&settings, &NodeTls::default()).expect("default TLS settings read no file");
+        Self {
+            client,
+            by_tls: Arc::default(),
+            settings,
+        }
+    }
+
+    /// The pooled client for `tls` (`None` or the defaults: the shared one).
+    fn client_for(
+        &self,
+        url: &str,
+        tls: Option<&NodeTls>,
+    ) -> Result<NodeHttpClient, UpstreamError> {
+        let Some(tls) = tls.filter(|t| !t.is_default() && url.starts_with("https://")) else {
+            return Ok(self.client.clone());
+        };
+        let mut by_tls = self
+            .by_tls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(client) = by_tls.get(tls) {
+            return Ok(client.clone());
+        }
+        let client = node_client(&self.settings, tls).map_err(|source| UpstreamError::Tls {
+            url: url.to_owned(),
+            source,
+        })?;
+        by_tls.insert(tls.clone(), client.clone());
+        Ok(client)
     }
 
     /// The settings this client was built with.
@@ -191,7 +262,8 @@ impl UpstreamClient {
         req: UpstreamRequest<'_>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let request = build_request(Method::POST, &req)?;
-        self.send(request, req.base_url).await
+        let client = self.client_for(req.base_url, req.tls)?;
+        self.send(&client, request, req.base_url).await
     }
 
     /// Sends a GET to `base_url` + `path` (used by `mlx-cluster status`).
@@ -209,18 +281,20 @@ impl UpstreamClient {
                 api_key: None,
                 client_headers: &headers,
                 body: Bytes::new(),
+                tls: None,
             },
         )?;
-        self.send(request, base_url).await
+        self.send(&self.client, request, base_url).await
     }
 
     async fn send(
         &self,
+        client: &NodeHttpClient,
         request: Request<Full<Bytes>>,
         base_url: &str,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let after = self.settings.first_byte_timeout;
-        match tokio::time::timeout(after, self.client.request(request)).await {
+        match tokio::time::timeout(after, client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(source)) if source.is_connect() => Err(UpstreamError::Connect {
                 url: base_url.to_owned(),
@@ -242,7 +316,7 @@ fn build_request(
     method: Method,
     req: &UpstreamRequest<'_>,
 ) -> Result<Request<Full<Bytes>>, UpstreamError> {
-    if !req.base_url.starts_with("http://") {
+    if !req.base_url.starts_with("http://") && !req.base_url.starts_with("https://") {
         return Err(UpstreamError::UnsupportedScheme {
             url: req.base_url.to_owned(),
         });
@@ -323,6 +397,7 @@ mod tests {
             api_key: Some("sekret"),
             client_headers: &client,
             body: Bytes::from_static(b"{}"),
+            tls: None,
         };
         let built = build_request(Method::POST, &req).unwrap();
         assert_eq!(built.uri(), "http://127.0.0.1:9/v1/messages");
@@ -347,20 +422,22 @@ mod tests {
             api_key: None,
             client_headers: &client,
             body: Bytes::new(),
+            tls: None,
         };
         let built = build_request(Method::POST, &req).unwrap();
         assert!(!built.headers().contains_key(header::AUTHORIZATION));
     }
 
     #[test]
-    fn https_is_refused() {
+    fn other_schemes_are_refused() {
         let h = HeaderMap::new();
         let req = UpstreamRequest {
-            base_url: "https://n:1",
+            base_url: "ftp://n:1",
             path: "/v1/models",
             api_key: None,
             client_headers: &h,
             body: Bytes::new(),
+            tls: None,
         };
         assert!(matches!(
             build_request(Method::GET, &req),

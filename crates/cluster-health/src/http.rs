@@ -1,9 +1,13 @@
 //! [`HttpHealthChecker`]: active checks over HTTP (reqwest, and a minimal
 //! HTTP/1.1 client for plain `http://`).
 //!
-//! One request per check, `GET {url}{probe_path}` (default `/v1/models`,
-//! because `mlx_lm.server`'s `/health` answers ok whatever state the model
-//! is in), bounded as a whole — connect, headers and body — by one timeout.
+//! One request per check, `GET {url}{probe_path}`, bounded as a whole —
+//! connect, headers and body — by one timeout. Without a configured probe
+//! path each node is probed on the path of its kind (its `kind` tag, see
+//! [`NodeKind::default_probe_path`]): `/health` for mlx_lm.server (which
+//! answers 503 once its generation thread died, while `/v1/models` still
+//! answers 200), llama.cpp (503 while loading), vLLM and SGLang;
+//! `/v1/models` for generic nodes.
 //! The answer is classified as:
 //!
 //! | answer                                             | result                                   |
@@ -12,6 +16,7 @@
 //! | 2xx and an invalid body (validation on)            | [`HealthError::InvalidResponse`]         |
 //! | 429                                                | [`HealthError::Overloaded`]              |
 //! | 503 whose body says "Loading model" (llama.cpp)    | [`HealthError::Loading`]                 |
+//! | 503 from an `mlx_lm` node (generation thread died) | [`HealthError::FailedStatus`]            |
 //! | any other 503                                      | [`HealthError::Overloaded`]              |
 //! | any other non-2xx                                  | [`HealthError::FailedStatus`]            |
 //! | no complete answer within the timeout              | [`HealthError::Timeout`]                 |
@@ -24,7 +29,9 @@
 //! probes go straight to the node.
 //!
 //! Two transports: `https://` nodes (and every node, when a custom reqwest
-//! client is given) go through reqwest; plain `http://` nodes go through a
+//! client is given) go through reqwest — with rustls, verifying the node's
+//! certificate against the system roots plus its `tls.ca_file` (or skipping
+//! verification with its `tls.insecure_skip_verify`, see [`crate::NodeClients`]); plain `http://` nodes go through a
 //! minimal HTTP/1.1 `GET` client of this crate, because a kept-alive probe
 //! connection through reqwest/hyper holds about 13–19 KiB of buffers and
 //! state between checks, and one of ours only its socket — the difference
@@ -37,7 +44,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use std::sync::Arc;
 
-use cluster_types::{HealthConfig, NodeId, NodeSpec};
+use cluster_types::{HealthConfig, NodeId, NodeKind, NodeSpec};
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, HeaderMap, HeaderValue, RETRY_AFTER};
 use serde::Deserialize;
@@ -82,7 +89,7 @@ impl ResponseValidation {
 /// Active health checks over HTTP (reqwest), also used by discovery to
 /// validate a new node ([`list_models`](Self::list_models)).
 ///
-/// Defaults (from [`HealthConfig::default`]): probe path `/v1/models`,
+/// Defaults (from [`HealthConfig::default`]): probe path by node kind,
 /// timeout 2 s, validation [`ResponseValidation::for_path`] of the path
 /// (model list for `/v1/models`), body limit 1 MiB, kept-alive connections
 /// closed after 90 s idle. Cloning is cheap (the connection pool is shared).
@@ -102,11 +109,15 @@ impl ResponseValidation {
 #[derive(Debug, Clone)]
 pub struct HttpHealthChecker {
     client: reqwest::Client,
+    /// Whether `client` was given by the caller (then used for every node).
+    custom_client: bool,
+    /// Clients for `https://` nodes, by TLS settings.
+    tls_clients: crate::NodeClients,
     /// For `http://` nodes, unless a custom reqwest client was given.
     lean: Option<Arc<WireClient>>,
-    probe_path: String,
+    probe_path: Option<String>,
     timeout: Duration,
-    validation: ResponseValidation,
+    validation: Option<ResponseValidation>,
     max_body_bytes: usize,
 }
 
@@ -115,7 +126,7 @@ pub struct HttpHealthChecker {
 #[derive(Debug, Clone)]
 pub struct HttpHealthCheckerBuilder {
     client: Option<reqwest::Client>,
-    probe_path: String,
+    probe_path: Option<String>,
     timeout: Duration,
     validation: Option<ResponseValidation>,
     max_body_bytes: usize,
@@ -141,11 +152,18 @@ impl Default for HttpHealthCheckerBuilder {
 }
 
 impl HttpHealthCheckerBuilder {
-    /// Path probed on each node, appended to its base URL. Default
-    /// `/v1/models`. A missing leading `/` is added.
+    /// Path probed on every node, appended to its base URL. Default: by
+    /// node kind (see the module docs). A missing leading `/` is added.
     #[must_use]
     pub fn probe_path(mut self, path: impl Into<String>) -> Self {
-        self.probe_path = path.into();
+        self.probe_path = Some(path.into());
+        self
+    }
+
+    /// Sets or clears (`None`: by node kind) the probe path.
+    #[must_use]
+    pub fn probe_path_opt(mut self, path: Option<String>) -> Self {
+        self.probe_path = path;
         self
     }
 
@@ -157,7 +175,7 @@ impl HttpHealthCheckerBuilder {
     }
 
     /// Body validation. Default [`ResponseValidation::for_path`] of the
-    /// probe path.
+    /// path probed.
     #[must_use]
     pub fn validation(mut self, validation: ResponseValidation) -> Self {
         self.validation = Some(validation);
@@ -220,6 +238,7 @@ impl HttpHealthCheckerBuilder {
                 self.pool_max_idle_per_host,
             ))
         });
+        let custom_client = self.client.is_some();
         let client = match self.client {
             Some(client) => client,
             None => reqwest::Client::builder()
@@ -230,20 +249,21 @@ impl HttpHealthCheckerBuilder {
                 .build()
                 .map_err(|source| HealthError::Client { source })?,
         };
-        let probe_path = if self.probe_path.starts_with('/') {
-            self.probe_path
-        } else {
-            format!("/{}", self.probe_path)
-        };
-        let validation = self
-            .validation
-            .unwrap_or_else(|| ResponseValidation::for_path(&probe_path));
+        let probe_path = self.probe_path.map(|path| {
+            if path.starts_with('/') {
+                path
+            } else {
+                format!("/{path}")
+            }
+        });
         Ok(HttpHealthChecker {
             client,
+            custom_client,
+            tls_clients: crate::NodeClients::new(),
             lean,
             probe_path,
             timeout: self.timeout,
-            validation,
+            validation: self.validation,
             max_body_bytes: self.max_body_bytes,
         })
     }
@@ -267,7 +287,7 @@ impl HttpHealthChecker {
     /// [`HealthError::Client`] if the HTTP client cannot be built.
     pub fn new(config: &HealthConfig) -> Result<Self, HealthError> {
         Self::builder()
-            .probe_path(config.probe_path.clone())
+            .probe_path_opt(config.probe_path.clone())
             .timeout(config.timeout)
             .build()
     }
@@ -278,10 +298,23 @@ impl HttpHealthChecker {
         HttpHealthCheckerBuilder::default()
     }
 
-    /// The path probed (always starts with `/`).
+    /// The path probed on every node, when one is configured (starts with
+    /// `/`); `None`: by node kind.
     #[must_use]
-    pub fn probe_path(&self) -> &str {
-        &self.probe_path
+    pub fn probe_path(&self) -> Option<&str> {
+        self.probe_path.as_deref()
+    }
+
+    /// The path probed on `node`: the configured one, else its kind's
+    /// ([`NodeKind::from_tags`], generic when untagged).
+    #[must_use]
+    pub fn probe_path_for<'a>(&'a self, node: &NodeSpec) -> &'a str {
+        match &self.probe_path {
+            Some(path) => path,
+            None => NodeKind::from_tags(&node.tags)
+                .unwrap_or_default()
+                .default_probe_path(),
+        }
     }
 
     /// The bound on one check.
@@ -290,10 +323,11 @@ impl HttpHealthChecker {
         self.timeout
     }
 
-    /// The body validation applied to 2xx answers of the probe.
+    /// The body validation applied to 2xx answers of a probe of `path`.
     #[must_use]
-    pub fn validation(&self) -> ResponseValidation {
+    pub fn validation_for(&self, path: &str) -> ResponseValidation {
         self.validation
+            .unwrap_or_else(|| ResponseValidation::for_path(path))
     }
 
     /// `GET {url}/v1/models` (whatever the probe path), within the timeout,
@@ -313,8 +347,22 @@ impl HttpHealthChecker {
     /// # Errors
     /// See the module documentation's table.
     pub async fn probe(&self, node: &NodeSpec) -> Result<Duration, HealthError> {
-        let (latency, body) = self.fetch(node, &self.probe_path).await?;
-        if self.validation == ResponseValidation::ModelList {
+        let path = self.probe_path_for(node);
+        let (latency, body) = match self.fetch(node, path).await {
+            // mlx_lm.server's /health answers 503 only once its generation
+            // thread died: a broken node, not a busy one.
+            Err(HealthError::Overloaded { code: 503, .. })
+                if NodeKind::from_tags(&node.tags) == Some(NodeKind::MlxLm) =>
+            {
+                return Err(HealthError::FailedStatus {
+                    node: node.id.clone(),
+                    code: 503,
+                    text: "Service Unavailable (mlx_lm.server's generation thread died)".to_owned(),
+                });
+            }
+            other => other?,
+        };
+        if self.validation_for(path) == ResponseValidation::ModelList {
             parse_model_list(&node.id, &body)?;
         }
         Ok(latency)
@@ -322,7 +370,11 @@ impl HttpHealthChecker {
 
     /// GETs `path` on `node` within the timeout; returns the latency and the
     /// body of a 2xx answer, or the classified error.
-    async fn fetch(&self, node: &NodeSpec, path: &str) -> Result<(Duration, Vec<u8>), HealthError> {
+    pub(crate) async fn fetch(
+        &self,
+        node: &NodeSpec,
+        path: &str,
+    ) -> Result<(Duration, Vec<u8>), HealthError> {
         let started = tokio::time::Instant::now();
         match tokio::time::timeout(self.timeout, self.fetch_unbounded(node, path)).await {
             Ok(Ok(body)) => Ok((started.elapsed(), body)),
@@ -386,7 +438,14 @@ impl HttpHealthChecker {
         node: &NodeSpec,
         url: &str,
     ) -> Result<(StatusCode, HeaderMap, ResponseBody), HealthError> {
-        let mut request = self.client.get(url).header(ACCEPT, "application/json");
+        let client = if !self.custom_client && url.starts_with("https://") {
+            self.tls_clients
+                .client_for(node)
+                .map_err(|e| HealthError::network(node.id.clone(), e))?
+        } else {
+            self.client.clone()
+        };
+        let mut request = client.get(url).header(ACCEPT, "application/json");
         if let Some(key) = &node.api_key {
             // reqwest marks the header value sensitive.
             request = request.bearer_auth(key.expose());
@@ -701,11 +760,22 @@ mod tests {
             .probe_path("health")
             .build()
             .unwrap();
-        assert_eq!(c.probe_path(), "/health");
-        assert_eq!(c.validation(), ResponseValidation::StatusOnly);
+        assert_eq!(c.probe_path(), Some("/health"));
+        let generic = NodeSpec::new("n", "http://127.0.0.1:1");
+        assert_eq!(c.probe_path_for(&generic), "/health");
+        assert_eq!(c.validation_for("/health"), ResponseValidation::StatusOnly);
         let c = HttpHealthChecker::new(&HealthConfig::default()).unwrap();
-        assert_eq!(c.probe_path(), "/v1/models");
+        assert_eq!(c.probe_path(), None);
         assert_eq!(c.timeout(), Duration::from_secs(2));
-        assert_eq!(c.validation(), ResponseValidation::ModelList);
+        // By kind: generic nodes on the model list, mlx_lm.server on /health.
+        assert_eq!(c.probe_path_for(&generic), "/v1/models");
+        assert_eq!(
+            c.validation_for("/v1/models"),
+            ResponseValidation::ModelList
+        );
+        let mut mlx = generic.clone();
+        mlx.tags
+            .insert(cluster_types::KIND_TAG.to_owned(), "mlx_lm".to_owned());
+        assert_eq!(c.probe_path_for(&mlx), "/health");
     }
 }

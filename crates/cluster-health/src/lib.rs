@@ -56,6 +56,8 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
+mod profile;
+mod tls;
 pub mod tracker;
 mod wire;
 
@@ -73,6 +75,7 @@ pub use http::{
     DEFAULT_MAX_BODY_BYTES, HttpHealthChecker, HttpHealthCheckerBuilder, MODELS_PATH,
     ResponseValidation,
 };
+pub use tls::{NodeClients, TlsSetupError, client_config as tls_client_config};
 pub use tracker::{
     BreakerPolicy, LoadPenalty, NodeHealthTracker, ProbePermit, ProbeSlot, RoutingView, Transition,
 };

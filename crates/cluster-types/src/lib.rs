@@ -47,10 +47,12 @@
 pub mod config;
 pub mod duration;
 pub mod fingerprint;
+mod kind;
 mod node;
 mod node_tags;
 mod routing;
 mod state;
+mod tls;
 
 pub use config::{
     BackoffConfig, CacheConfig, ClientKey, ClusterConfig, ConfigErrors, ConfigFormat,
@@ -60,6 +62,7 @@ pub use config::{
 };
 pub use config::{DEFAULT_MDNS_SERVICE_TYPES, MDNS_PORT, MdnsDiscovery};
 pub use fingerprint::{PrefixFingerprint, PrefixFingerprintBuilder, SegmentKind};
+pub use kind::{KIND_TAG, NodeKind, NodeProfile};
 pub use node::{
     ApiKey, ClusterStatus, Node, NodeCacheState, NodeHealth, NodeId, NodeMetrics, NodeSpec,
     NodeStatus, UnknownVariant,
@@ -67,3 +70,4 @@ pub use node::{
 pub use node_tags::{API_TAG, MAX_OUTPUT_TOKENS_TAG, NodeApi, max_output_tokens_tag};
 pub use routing::{LoadBalanceStrategy, RoutingContext, RoutingDecision, RoutingReason};
 pub use state::{ClusterMetrics, ClusterState};
+pub use tls::NodeTls;

@@ -311,8 +311,8 @@ fn default_weight() -> u32 {
 
 /// How to reach one node: what static config lists and discovery produces.
 ///
-/// Defaults: `weight` 1, `tags` empty, `api_key` none. `id` and `url` are
-/// required.
+/// Defaults: `weight` 1, `tags` empty, `api_key` none, `tls` default.
+/// `id` and `url` are required.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSpec {
@@ -331,6 +331,10 @@ pub struct NodeSpec {
     /// Bearer token sent to this node, if it needs one. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<ApiKey>,
+    /// Certificate verification for an `https://` node (over the global
+    /// `node_tls`). Default: system roots, verification on.
+    #[serde(default, skip_serializing_if = "crate::NodeTls::is_default")]
+    pub tls: crate::NodeTls,
 }
 
 impl NodeSpec {
@@ -344,6 +348,7 @@ impl NodeSpec {
             weight: default_weight(),
             tags: BTreeMap::new(),
             api_key: None,
+            tls: crate::NodeTls::default(),
         }
     }
 }
@@ -519,6 +524,10 @@ pub struct Node {
     /// Model ids from its `GET /v1/models`. Default empty.
     #[serde(default)]
     pub models: Vec<String>,
+    /// What server it is (detected at validation, or forced by its `kind`
+    /// tag). Default generic.
+    #[serde(default)]
+    pub kind: crate::NodeKind,
 }
 
 impl Node {
@@ -532,6 +541,7 @@ impl Node {
             cache: NodeCacheState::default(),
             metrics: NodeMetrics::default(),
             models: Vec::new(),
+            kind: crate::NodeKind::default(),
         }
     }
 

@@ -120,14 +120,14 @@ fn structural_errors_do_not_hide_other_sections() {
     "#;
     let got = problems(text, ConfigFormat::Toml);
     let want = [
-        "discovery.nodes[1].wieght: unknown key (expected one of: id, url, weight, tags, api_key)",
+        "discovery.nodes[1].wieght: unknown key (expected one of: id, url, weight, tags, api_key, tls)",
         "discovery.nodes[2].id: duplicate node id \"a\" (also discovery.nodes[0].id)",
         "health.bogus: unknown key (expected one of: check_interval, timeout, max_consecutive_failures, unhealthy_threshold, degraded_threshold, recovery_successes, probe_path, window, max_samples)",
         "health.timeout: expected a number at byte 0 of \"fast\" (durations look like \"5s\", \"250ms\", \"1m30s\")",
         "health.unhealthy_threshold: must not be greater than health.degraded_threshold (0.8)",
         "routing.strategy: unknown variant fastest, expected one of round-robin, least-loaded, latency-based, cache-aware, cache-score",
         "gateway.listen: invalid socket address syntax (expected ip:port, e.g. \"127.0.0.1:8000\")",
-        "extra: unknown key (expected one of: discovery, health, backoff, cache, routing, gateway)",
+        "extra: unknown key (expected one of: discovery, health, backoff, cache, routing, gateway, node_tls)",
     ];
     assert_eq!(got, want, "{got:#?}");
 }
@@ -436,7 +436,7 @@ fn env_overrides_apply_on_top_of_the_file() {
     let c = ClusterConfig::parse_with_env(text, ConfigFormat::Toml, env).unwrap();
     assert_eq!(c.health.check_interval, Duration::from_secs(10));
     assert_eq!(c.health.timeout, Duration::from_secs(3));
-    assert_eq!(c.health.probe_path, "/health");
+    assert_eq!(c.health.probe_path.as_deref(), Some("/health"));
     let DiscoveryConfig::Static(s) = &c.discovery else {
         panic!("static")
     };
@@ -562,6 +562,10 @@ fn full_config(mode: &str) -> ClusterConfig {
             let mut s = StaticDiscovery::default();
             s.nodes[0].api_key = Some(ApiKey::new("k"));
             s.nodes[0].tags.insert("rack".into(), "a".into());
+            s.nodes[0].tls = cluster_types::NodeTls {
+                ca_file: Some("/etc/lab-ca.pem".into()),
+                insecure_skip_verify: true,
+            };
             DiscoveryConfig::Static(s)
         }
     };
@@ -571,6 +575,10 @@ fn full_config(mode: &str) -> ClusterConfig {
     };
     c.gateway.admin_token = Some(ApiKey::new("t"));
     c.gateway.request_timeout = Some(Duration::from_secs(600));
+    c.node_tls = cluster_types::NodeTls {
+        ca_file: Some("/etc/lab-ca.pem".into()),
+        insecure_skip_verify: true,
+    };
     let mut key = cluster_types::ClientKey::secret("alice", "k");
     key.key_sha256 = Some("0".repeat(64));
     key.requests_per_minute = Some(60);

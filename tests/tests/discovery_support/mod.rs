@@ -64,7 +64,11 @@ impl ModelsStub {
                             Ok(n) => request.extend_from_slice(&buf[..n]),
                         }
                     }
-                    requests.fetch_add(1, Ordering::SeqCst);
+                    // Validations: the model list (kind detection asks
+                    // other paths too).
+                    if request.starts_with(b"GET /v1/models") {
+                        requests.fetch_add(1, Ordering::SeqCst);
+                    }
                     let (status, content_type, body) = match answer {
                         Answer::Models(ids) => {
                             let data: Vec<_> = ids
@@ -112,6 +116,7 @@ impl ModelsStub {
         *self.answer.lock().unwrap() = answer;
     }
 
+    /// `GET /v1/models` requests received (one per validation).
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }

@@ -298,8 +298,9 @@ impl MdnsAnnouncer {
                 checked = self.validator.validate(&spec) => checked,
             };
             match checked {
-                Ok(models) => {
+                Ok(profile) => {
                     failures = 0;
+                    let models = profile.models;
                     if announced.is_none() {
                         let info = self.service_info(&models)?;
                         let fullname = info.get_fullname().to_owned();

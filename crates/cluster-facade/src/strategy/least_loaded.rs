@@ -1,5 +1,8 @@
 //! Least-loaded: the fewest requests in flight per unit of weight, then the
 //! lowest latency estimate (the node's last peak-EWMA time to first token).
+//! A node that reported its own queue within the last 10 s (llama.cpp,
+//! vLLM, SGLang `/metrics`: running + waiting, from all its clients) counts
+//! the larger of that and this gateway's in-flight count.
 //!
 //! The scan starts at a rotating position so that nodes tied on both keys
 //! take turns instead of the first one taking everything. O(n).
@@ -9,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use cluster_types::RoutingReason;
 
 use super::{Candidates, Pick, f, margin};
+use crate::live::REPORTED_QUEUE_MAX_AGE;
 
 /// Least-loaded state: the rotating start.
 #[derive(Debug, Default)]
@@ -23,6 +27,7 @@ impl LeastLoaded {
             return None;
         }
         let start = self.start.fetch_add(1, Ordering::Relaxed) % n;
+        let max_age = u64::try_from(REPORTED_QUEUE_MAX_AGE.as_nanos()).unwrap_or(u64::MAX);
         let mut best: Option<(usize, f64, f64)> = None;
         let mut second = f64::INFINITY;
         for j in 0..n {
@@ -35,7 +40,14 @@ impl LeastLoaded {
             if !c.allowed_node(node) {
                 continue;
             }
-            let load = (f(node.live.in_flight()) + 1.0) / f(u64::from(node.weight));
+            // The node's own count (all its clients) when it reported one
+            // lately, else this gateway's.
+            let requests = node
+                .live
+                .reported_queue
+                .fresh(c.now_enc, max_age)
+                .map_or(node.live.in_flight(), |r| r.max(node.live.in_flight()));
+            let load = (f(requests) + 1.0) / f(u64::from(node.weight));
             let lat = node.live.latency_ns.load();
             match best {
                 Some((_, bl, blat)) if load > bl || (load == bl && lat >= blat) => {
@@ -97,6 +109,32 @@ mod tests {
                 .index,
             2
         );
+    }
+
+    #[test]
+    fn a_fresh_reported_queue_counts_other_clients() {
+        let clock = ManualClock::new();
+        let epoch = Epoch::new(clock.now());
+        let snap = snapshot(&clock, &[1, 1]);
+        let ll = LeastLoaded::default();
+        let none: Vec<NodeId> = vec![];
+        let _g = snap.node(1).live.hold();
+        // n0 is idle as far as this gateway knows, but says 3 requests
+        // (other clients') are running or waiting there.
+        snap.node(0)
+            .live
+            .reported_queue
+            .store(3, epoch.encode(clock.now()));
+        let c = healthy(&snap, &none, epoch, &clock);
+        for _ in 0..2 {
+            assert_eq!(ll.choose(&c).unwrap().index, 1);
+        }
+        // Once the report is stale, only this gateway's count matters.
+        clock.advance(REPORTED_QUEUE_MAX_AGE + std::time::Duration::from_secs(1));
+        let c = healthy(&snap, &none, epoch, &clock);
+        for _ in 0..2 {
+            assert_eq!(ll.choose(&c).unwrap().index, 0);
+        }
     }
 
     #[test]

@@ -179,7 +179,7 @@ async fn status_only_validation_accepts_any_2xx() {
         .timeout(TIMEOUT)
         .build()
         .unwrap();
-    assert_eq!(c.validation(), ResponseValidation::StatusOnly);
+    assert_eq!(c.validation_for("/health"), ResponseValidation::StatusOnly);
     c.check(&node(&server)).await.unwrap();
     assert!(server.requests.lock()[0].starts_with("GET /health "));
     // list_models always asks /v1/models, and validates.

@@ -51,13 +51,16 @@ pub struct ClusterConfig {
     pub routing: RoutingConfig,
     /// The HTTP front end.
     pub gateway: GatewayConfig,
+    /// Certificate verification toward `https://` nodes (each node's own
+    /// `tls` wins). Default: system roots, verification on.
+    pub node_tls: crate::NodeTls,
 }
 
 /// Health checking (the seeds' `HealthConfig`).
 ///
 /// Defaults: `check_interval` 5s, `timeout` 2s, `max_consecutive_failures` 3,
 /// `unhealthy_threshold` 0.5, `degraded_threshold` 0.8,
-/// `recovery_successes` 5, `probe_path` `/v1/models`, `window` 30s,
+/// `recovery_successes` 5, `probe_path` unset (by node kind), `window` 30s,
 /// `max_samples` 100.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -78,9 +81,12 @@ pub struct HealthConfig {
     pub degraded_threshold: f64,
     /// Consecutive successes that bring a node back to healthy. Default 5.
     pub recovery_successes: u32,
-    /// Path probed on each node (appended to its base URL). Default
-    /// `/v1/models`.
-    pub probe_path: String,
+    /// Path probed on each node (appended to its base URL). Default unset:
+    /// the path of the node's kind ([`crate::NodeKind::default_probe_path`]:
+    /// `/health` for mlx_lm.server, llama.cpp, vLLM and SGLang — the one
+    /// that fails when mlx_lm.server's generation thread died or llama.cpp
+    /// is loading — and `/v1/models` for generic nodes).
+    pub probe_path: Option<String>,
     /// Rolling window for success rate and latency. Default 30s.
     #[serde(with = "crate::duration")]
     pub window: Duration,
@@ -97,7 +103,7 @@ impl Default for HealthConfig {
             unhealthy_threshold: 0.5,
             degraded_threshold: 0.8,
             recovery_successes: 5,
-            probe_path: "/v1/models".to_owned(),
+            probe_path: None,
             window: Duration::from_secs(30),
             max_samples: 100,
         }

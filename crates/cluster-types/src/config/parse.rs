@@ -127,7 +127,8 @@ impl fmt::Display for ConfigProblem {
 
 /// Every problem found in a configuration (never empty when returned as an
 /// error). `Display` writes one problem per line, in document order of the
-/// sections (discovery, health, backoff, cache, routing, gateway).
+/// sections (discovery, health, backoff, cache, routing, gateway,
+/// node_tls).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigErrors(pub Vec<ConfigProblem>);
 
@@ -179,13 +180,14 @@ impl IntoIterator for ConfigErrors {
 }
 
 /// The top-level sections, in document order.
-pub(crate) const SECTIONS: [&str; 6] = [
+pub(crate) const SECTIONS: [&str; 7] = [
     "discovery",
     "health",
     "backoff",
     "cache",
     "routing",
     "gateway",
+    "node_tls",
 ];
 
 impl ClusterConfig {
@@ -279,6 +281,10 @@ impl ClusterConfig {
                 "gateway" => set(
                     &mut config.gateway,
                     decode_section("gateway", v, &mut problems),
+                ),
+                "node_tls" => set(
+                    &mut config.node_tls,
+                    decode_section("node_tls", v, &mut problems),
                 ),
                 _ => problems.push(ConfigProblem::new(
                     key.clone(),

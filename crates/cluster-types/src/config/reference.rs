@@ -95,6 +95,20 @@ const ENTRIES: &[Raw] = &[
         None,
     ),
     (
+        "discovery.nodes[].tls.ca_file",
+        S,
+        "path (optional)",
+        "For an `https://` node: PEM file of CA certificates trusted on top of the system roots (wins over `node_tls.ca_file`).",
+        None,
+    ),
+    (
+        "discovery.nodes[].tls.insecure_skip_verify",
+        S,
+        "boolean",
+        "For an `https://` node: accept any certificate (self-signed lab setups; logged as a warning).",
+        Some("`false`"),
+    ),
+    (
         "discovery.refresh_interval",
         S,
         "duration",
@@ -279,9 +293,9 @@ const ENTRIES: &[Raw] = &[
     (
         "health.probe_path",
         None,
-        "string",
-        "Path probed on each node, appended to its base URL (starts with `/`).",
-        None,
+        "string (optional)",
+        "Path probed on each node, appended to its base URL (starts with `/`). Unset: by node kind, `/health` for mlx_lm.server, llama.cpp, vLLM and SGLang (it fails when mlx_lm.server's generation thread died), `/v1/models` for generic nodes.",
+        Some("by node kind"),
     ),
     (
         "health.window",
@@ -619,6 +633,20 @@ const ENTRIES: &[Raw] = &[
         "Model names of Messages requests rewritten before routing: an exact name or a prefix ending in `*`, e.g. `{ \"claude-*\" = \"qwen3-coder\" }`. The exact name wins, then the longest prefix.",
         None,
     ),
+    (
+        "node_tls.ca_file",
+        None,
+        "path (optional)",
+        "PEM file of CA certificates trusted for every `https://` node on top of the system roots.",
+        None,
+    ),
+    (
+        "node_tls.insecure_skip_verify",
+        None,
+        "boolean",
+        "Accept any certificate from every `https://` node (self-signed lab setups; logged as a warning).",
+        None,
+    ),
 ];
 
 /// The default document for a discovery mode (None = the default mode).
@@ -774,7 +802,7 @@ between path segments; a single `_` stays part of a key name.
   are numbers, text starting with `[` or `{` that parses as JSON is that
   value, and anything else is a string.
 - Variables whose first segment is not a section (`discovery`, `health`,
-  `backoff`, `cache`, `routing`, `gateway`) are an error when they contain
+  `backoff`, `cache`, `routing`, `gateway`, `node_tls`) are an error when they contain
   `__`, and ignored otherwise (so tooling variables such as
   `MLX_CLUSTER_VENV` do not interfere).
 - Changing `discovery.mode` from the environment does not remove the keys of
@@ -800,6 +828,10 @@ const SECTION_DOCS: &[(&str, &str)] = &[
     ),
     ("routing", "Load balancing, retries and sticky sessions."),
     ("gateway", "The HTTP front end."),
+    (
+        "node_tls",
+        "Certificate verification toward `https://` nodes: system roots, plus an optional CA file; a node's own `tls` table wins field by field.",
+    ),
 ];
 
 fn table_row(out: &mut String, e: &ReferenceEntry) {

@@ -134,6 +134,11 @@ fn static_discovery(p: &mut Problems, s: &StaticDiscovery, indices: Option<&[usi
         if node.weight == 0 {
             p.push(at("weight"), "must be at least 1");
         }
+        if let Some(kind) = node.tags.get(crate::KIND_TAG)
+            && let Err(e) = kind.parse::<crate::NodeKind>()
+        {
+            p.push(at("tags.kind"), e.to_string());
+        }
         if node
             .api_key
             .as_ref()
@@ -297,14 +302,12 @@ fn health(p: &mut Problems, h: &HealthConfig) {
         );
     }
     p.at_least("health.recovery_successes", h.recovery_successes, 1);
-    if !h.probe_path.starts_with('/') {
-        p.push("health.probe_path", "must start with '/'");
-    } else if h
-        .probe_path
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control())
-    {
-        p.push("health.probe_path", "must not contain whitespace");
+    if let Some(path) = &h.probe_path {
+        if !path.starts_with('/') {
+            p.push("health.probe_path", "must start with '/'");
+        } else if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            p.push("health.probe_path", "must not contain whitespace");
+        }
     }
     p.positive("health.window", h.window);
     p.at_least("health.max_samples", h.max_samples, 1);
