@@ -226,7 +226,8 @@ impl RequestGuard {
 
     /// Waits until the node's prefill gate admits the request
     /// (`routing.prefill_concurrency`, default one prefill per node at a
-    /// time); call it right before sending the request to the node. The slot
+    /// time; the waiter with the earliest arrival + predicted prefill time
+    /// goes first); call it right before sending the request to the node. The slot
     /// is held until [`first_byte`](Self::first_byte), the end of the
     /// request, or a hold limit: for `streamed` answers 8 × the predicted
     /// prefill time (at least 10 s), else the predicted prefill time, since a
@@ -237,10 +238,6 @@ impl RequestGuard {
         if self.admitted_at.is_some() {
             return;
         }
-        let gate = self.live.gate.read().clone();
-        let slot = gate.acquire().await;
-        let now = self.shared.clock.now();
-        self.admitted_at = Some(now);
         let rate = self.live.prefill_rate.load();
         let rate = if rate > 0.0 {
             rate
@@ -253,6 +250,13 @@ impl RequestGuard {
                 .max(1.0)
         };
         let predicted = Duration::from_secs_f64((f(self.prefill_tokens) / rate).min(3600.0));
+        // Shortest predicted prefill first, but never past a request that
+        // was waiting before this one could have finished (see the gate).
+        let arrived = self.shared.epoch.encode(self.shared.clock.now());
+        let key = arrived.saturating_add(u64::try_from(predicted.as_nanos()).unwrap_or(u64::MAX));
+        let gate = self.live.gate.read().clone();
+        let slot = gate.acquire(key).await;
+        self.admitted_at = Some(self.shared.clock.now());
         slot.release_after(hold_limit(predicted, streamed));
         self.slot = Some(slot);
     }
@@ -459,6 +463,15 @@ impl RequestGuard {
                 live.reply_reuse.blend(reused.clamp(0.0, 1.0), 0.2);
             }
         }
+        tracing::debug!(
+            node = %self.node_id,
+            gate_wait_ms = self.gate_wait().map_or(0, |d| d.as_millis()),
+            ttft_ms = self.time_to_first_byte().map_or(0, |d| d.as_millis()),
+            prompt,
+            cached,
+            predicted = ticket.predicted_cached.unwrap_or_default(),
+            "answered"
+        );
         let mut kept = None;
         if let Some(predicted) = ticket.predicted_cached {
             let error = (f(predicted) - f(cached)) / block_tokens;
