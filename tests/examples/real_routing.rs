@@ -4,7 +4,7 @@
 //! runs this with the right paths; by hand:
 //!
 //! ```text
-//! cargo run --release -p cluster-tests --example real_routing -- \
+//! cargo run -p cluster-tests --example real_routing -- \
 //!     --gateway target/release/mlx-cluster --smg ~/.cache/mlx-cluster/venv-smg-…/bin/smg
 //! ```
 //!
@@ -64,6 +64,7 @@ impl Variant {
 #[derive(Debug)]
 struct Args {
     gateway: PathBuf,
+    gateway_alt: Option<PathBuf>,
     smg: Option<PathBuf>,
     nginx: PathBuf,
     nodes: usize,
@@ -99,6 +100,7 @@ fn router_key(kind: &RouterKind) -> String {
             "round-robin-sticky".to_owned()
         }
         RouterKind::Gateway { strategy, .. } => strategy.clone(),
+        RouterKind::GatewayAlt => "alt".to_owned(),
         RouterKind::Smg => "smg".to_owned(),
         RouterKind::NginxHash => "nginx-hash".to_owned(),
         RouterKind::SingleNode => "single".to_owned(),
@@ -109,6 +111,7 @@ fn usage() -> String {
     let keys: Vec<String> = all_routers().iter().map(router_key).collect();
     format!(
         "real_routing --gateway PATH [--smg PATH] [--nginx PATH] [--nodes 3] [--rounds 2]\n\
+         \x20 [--gateway-alt PATH (router `alt`: a second build, cache-aware)]\n\
          \x20 [--variants header,no-header,burst] [--routers {}]\n\
          \x20 [--sessions 24] [--turns 5] [--concurrency 6] [--seed 7] [--seed-per-round]\n\
          \x20 [--work target/real-routing]",
@@ -119,6 +122,7 @@ fn usage() -> String {
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         gateway: PathBuf::from("target/release/mlx-cluster"),
+        gateway_alt: None,
         smg: std::env::var_os("REAL_ROUTING_SMG").map(PathBuf::from),
         nginx: PathBuf::from("/usr/sbin/nginx"),
         nodes: 3,
@@ -149,6 +153,7 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--gateway" => args.gateway = PathBuf::from(value),
             "--smg" => args.smg = Some(PathBuf::from(value)),
+            "--gateway-alt" => args.gateway_alt = Some(PathBuf::from(value)),
             "--nginx" => args.nginx = PathBuf::from(value),
             "--nodes" => args.nodes = number(&value)?.max(1),
             "--rounds" => args.rounds = number(&value)?.max(1),
@@ -166,7 +171,8 @@ fn parse_args() -> Result<Args, String> {
                     .collect::<Result<_, _>>()?;
             }
             "--routers" => {
-                let known = all_routers();
+                let mut known = all_routers();
+                known.push(RouterKind::GatewayAlt);
                 args.routers = value
                     .split(',')
                     .map(|k| {
@@ -258,6 +264,7 @@ async fn run(args: &Args) -> Result<(), String> {
     let fixture = MlxFixture::locate().map_err(|e| e.to_string())?;
     let programs = RouterPrograms {
         gateway: args.gateway.clone(),
+        gateway_alt: args.gateway_alt.clone(),
         smg: args.smg.clone(),
         nginx: args.nginx.clone(),
     };
@@ -318,7 +325,7 @@ async fn run(args: &Args) -> Result<(), String> {
                     .map_err(|e| e.to_string())?;
                 let cpu = router.cpu_seconds() - cpu_before;
                 let mut within_block = None;
-                if matches!(kind, RouterKind::Gateway { .. })
+                if matches!(kind, RouterKind::Gateway { .. } | RouterKind::GatewayAlt)
                     && let Ok(metrics) = fetch_metrics(&router.base_url).await
                 {
                     within_block = prediction_fidelity(&metrics);

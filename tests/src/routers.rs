@@ -26,6 +26,9 @@ pub enum RouterKind {
         /// Whether sessions are pinned to their node.
         sticky: bool,
     },
+    /// The second gateway binary ([`RouterPrograms::gateway_alt`]) with
+    /// `cache-aware`, for A/B comparisons of two builds in one run.
+    GatewayAlt,
     /// SMG with `--policy cache_aware` (its defaults otherwise).
     Smg,
     /// nginx with `hash $http_x_session_id consistent` (round-robin when a
@@ -44,6 +47,7 @@ impl RouterKind {
                 "mlx-cluster round-robin + sticky".to_owned()
             }
             Self::Gateway { strategy, .. } => format!("mlx-cluster {strategy}"),
+            Self::GatewayAlt => "mlx-cluster cache-aware (alternative build)".to_owned(),
             Self::Smg => "SMG cache_aware".to_owned(),
             Self::NginxHash => "nginx hash consistent".to_owned(),
             Self::SingleNode => "one node (no router)".to_owned(),
@@ -56,6 +60,9 @@ impl RouterKind {
 pub struct RouterPrograms {
     /// The `mlx-cluster` binary.
     pub gateway: PathBuf,
+    /// A second `mlx-cluster` binary for A/B runs
+    /// ([`RouterKind::GatewayAlt`]), if any.
+    pub gateway_alt: Option<PathBuf>,
     /// The `smg` entry point of its venv.
     pub smg: Option<PathBuf>,
     /// The `nginx` binary. Default `/usr/sbin/nginx`.
@@ -136,6 +143,22 @@ pub async fn start_router(
             let mut c = Command::new(&programs.gateway);
             c.arg("serve").arg("--config").arg(&config);
             (c, programs.gateway.clone())
+        }
+        RouterKind::GatewayAlt => {
+            let program = programs
+                .gateway_alt
+                .clone()
+                .ok_or_else(|| FixtureError::Missing {
+                    what: "alternative gateway",
+                    path: PathBuf::from("mlx-cluster"),
+                    problem: "no alternative gateway binary given".into(),
+                    env_var: "REAL_ROUTING_GATEWAY_ALT",
+                })?;
+            let config = work_dir.join("gateway.toml");
+            write(&config, &gateway_config(port, nodes, "cache-aware", true))?;
+            let mut c = Command::new(&program);
+            c.arg("serve").arg("--config").arg(&config);
+            (c, program)
         }
         RouterKind::Smg => {
             let smg = programs.smg.clone().ok_or_else(|| FixtureError::Missing {
@@ -272,7 +295,7 @@ async fn wait_ready(
             break;
         }
         let ready = match kind {
-            RouterKind::Gateway { .. } => {
+            RouterKind::Gateway { .. } | RouterKind::GatewayAlt => {
                 match client.get(format!("{base}/v1/cluster/status")).send().await {
                     Ok(r) => {
                         let text = r.text().await.unwrap_or_default();

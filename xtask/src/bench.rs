@@ -54,7 +54,7 @@ enum Kind {
     /// `cargo run --release --example NAME -- ARGS`.
     Example(&'static [&'static str]),
     /// The real-node routing benchmark: fixtures, SMG's venv and the release
-    /// gateway first, then `cargo run --release -p cluster-tests --example
+    /// gateway first, then `cargo run -p cluster-tests --example
     /// real_routing` with every `--flag value` given after the name.
     RealRouting,
 }
@@ -158,7 +158,11 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         match bench.kind {
             Kind::RealRouting => {
                 real_routing_prelude(&mut cmd)?;
-                cmd.args(["run", "--release", "--locked", "-p", bench.package]);
+                // The driver only starts processes and waits on them: the
+                // debug build the tests already have will do (a release
+                // build of cluster-tests would compile kube for minutes);
+                // the gateway it measures is the release binary.
+                cmd.args(["run", "--locked", "-p", bench.package]);
                 if let Some(target) = bench.target {
                     cmd.args(["--example", target]);
                 }
