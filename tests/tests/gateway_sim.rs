@@ -121,11 +121,15 @@ async fn openai_python_sdk_streams_and_not_through_the_gateway() {
     assert_eq!(result["stream_no_usage"]["usage_chunks"], 0);
     let tokens = |k: &str| result[k]["prompt_tokens"].as_u64().unwrap();
     let expected = tokens("chat") + 2 * tokens("stream") + tokens("completion");
-    assert_eq!(
-        gw.cluster.status().metrics.prompt_tokens_total,
-        expected,
-        "{result}"
-    );
+    // A guard finishes when the gateway has polled the body to its end,
+    // which may be just after the client has read the last byte.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut total = gw.cluster.status().metrics.prompt_tokens_total;
+    while total != expected && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        total = gw.cluster.status().metrics.prompt_tokens_total;
+    }
+    assert_eq!(total, expected, "{result}");
     assert_eq!(result["models"], json!([model]));
     gw.stop().await;
     fleet.shutdown().await;
