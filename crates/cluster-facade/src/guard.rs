@@ -200,6 +200,10 @@ pub struct RequestGuard {
     pub(crate) cache: Option<CacheTicket>,
     /// The node's prefill slot, held from admission to the first byte.
     pub(crate) slot: Option<PrefillSlot>,
+    /// Whether the first byte marks the first token (a streamed answer; a
+    /// non-streamed one's first byte comes after the whole generation and
+    /// says nothing about prefill). Default true; set at admission.
+    pub(crate) streamed: bool,
     pub(crate) probe: Option<ProbeClaim>,
     pub(crate) done: bool,
 }
@@ -257,6 +261,7 @@ impl RequestGuard {
         let gate = self.live.gate.read().clone();
         let slot = gate.acquire(key).await;
         self.admitted_at = Some(self.shared.clock.now());
+        self.streamed = streamed;
         slot.release_after(hold_limit(predicted, streamed));
         self.slot = Some(slot);
     }
@@ -431,8 +436,9 @@ impl RequestGuard {
         }
         // Prefill rate: uncached tokens over the time the node spent on
         // them (from admission when the gate admitted the request, else
-        // including what was queued ahead of it).
-        if let Some(fb) = self.first_byte_at {
+        // including what was queued ahead of it) — only when the first byte
+        // was the first token.
+        if let Some(fb) = self.first_byte_at.filter(|_| self.streamed) {
             let (from, work) = match self.admitted_at {
                 Some(at) if live.gate.read().limit() > 0 => (at, uncached),
                 _ => (self.started, uncached + self.queued_ahead),

@@ -190,6 +190,10 @@ pub struct RouterParams {
     /// `prefill_concurrency` overrides it per node. Default 1
     /// (`routing.prefill_concurrency`).
     pub prefill_concurrency: usize,
+    /// Cache-aware routing by the request's conversation key alone (weighted
+    /// rendezvous over the candidates), so independent gateway replicas
+    /// agree (`routing.consistent_replicas`). Default false.
+    pub consistent_replicas: bool,
 }
 
 impl Default for RouterParams {
@@ -209,6 +213,7 @@ impl Default for RouterParams {
             success_window_samples: 100,
             seed: 0x006d_6c78,
             prefill_concurrency: 1,
+            consistent_replicas: false,
         }
     }
 }
@@ -225,6 +230,7 @@ impl RouterParams {
             max_sessions: config.routing.max_sessions,
             sticky_sessions: config.routing.sticky_sessions,
             prefill_concurrency: config.routing.prefill_concurrency,
+            consistent_replicas: config.routing.consistent_replicas,
             cache: CacheModelParams {
                 max_entries_per_node: usize::try_from(config.cache.max_prefixes_per_node)
                     .unwrap_or(usize::MAX),

@@ -19,7 +19,7 @@ use rand::rngs::SmallRng;
 use crate::cache_model::CacheModel;
 use crate::error::FacadeError;
 use crate::guard::{CacheTicket, NodeTarget, ProbeGate, RequestGuard, RequestOutcome, Selection};
-use crate::live::{AtomicF64, Epoch, NodeLive};
+use crate::live::{AtomicF64, Epoch, NodeLive, REPORTED_QUEUE_MAX_AGE};
 use crate::params::{RouterParams, StrategyKind};
 use crate::prefill_gate::{PrefillGate, TAG_PREFILL_CONCURRENCY};
 use crate::snapshot::{ClusterSnapshot, NodeEntry, SnapNode};
@@ -300,6 +300,11 @@ impl Router {
                     }
                     _ => {
                         let model = model_guard.as_deref()?;
+                        if params.consistent_replicas {
+                            let max_age = u64::try_from(REPORTED_QUEUE_MAX_AGE.as_nanos())
+                                .unwrap_or(u64::MAX);
+                            return cache_aware::choose_consistent(c, &prompt, model, max_age);
+                        }
                         let scratch = scratch.as_deref_mut()?;
                         let warm_turn = shared.warm_turn.load();
                         cache_aware::choose(
@@ -349,7 +354,7 @@ impl Router {
             // Unknown cache: count the whole prompt as prefill work.
             pick.uncached_tokens = prompt_tokens;
         }
-        if pick.cost.is_some() {
+        if pick.predicted_cached.is_some() {
             tracing::debug!(
                 node = %node.entry.spec.id,
                 reason = %pick.reason,
@@ -398,6 +403,7 @@ impl Router {
             queued_ahead,
             cache,
             slot: None,
+            streamed: true,
             probe,
             done: false,
         };

@@ -515,3 +515,131 @@ fn reports_teach_rates_token_ratio_fidelity_and_capacity() {
     assert!((fidelity - 2.0 / 3.0).abs() < 1e-9, "{fidelity}");
     assert!(r.shared.cache.lock().entry_limit(0) < limit);
 }
+
+#[tokio::test]
+async fn non_streamed_answers_do_not_teach_the_prefill_rate() {
+    let (clock, r) = router(StrategyKind::CacheAware, &["a"]);
+    let a = NodeId::from("a");
+    let mut g = r.select(&prompt(&"x".repeat(8_000), "q")).unwrap().guard;
+    g.admitted(false).await;
+    clock.advance(Duration::from_secs(30));
+    // Its first byte is the whole answer, decode included.
+    g.first_byte();
+    g.finish(RequestOutcome::success_with_usage(5_000, 0, 500));
+    assert_eq!(r.prefill_rate(&a), None);
+}
+
+#[test]
+fn consistent_replicas_agree_whatever_they_saw_before() {
+    let params = RouterParams {
+        consistent_replicas: true,
+        ..RouterParams::default()
+    };
+    let make = || {
+        let clock = ManualClock::new();
+        let r = Router::new(params.clone(), clock.shared());
+        r.publish(nodes(&["a", "b", "c", "d"]));
+        r
+    };
+    let (one, two) = (make(), make());
+    // Replica one has already routed (and learned from) other traffic.
+    for k in 0..20 {
+        let ctx = prompt(&"shared system ".repeat(300), &format!("warm-up {k}"));
+        one.select(&ctx)
+            .unwrap()
+            .guard
+            .finish(RequestOutcome::success_with_usage(900, 0, 10));
+    }
+    let mut per_node = std::collections::HashMap::new();
+    for k in 0..400u64 {
+        let mut ctx = prompt(&"shared system ".repeat(300), &format!("task {k}"));
+        ctx.conversation_key = Some(k.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let a = one.select(&ctx).unwrap();
+        let b = two.select(&ctx).unwrap();
+        assert_eq!(a.decision.node_id, b.decision.node_id, "conversation {k}");
+        *per_node.entry(a.decision.node_id.clone()).or_insert(0) += 1;
+        // The next turn of the conversation goes to the same node.
+        let again = two.select(&ctx).unwrap();
+        assert_eq!(again.decision.node_id, a.decision.node_id);
+    }
+    // Spread over all four nodes (100 each on average).
+    assert_eq!(per_node.len(), 4);
+    assert!(
+        per_node.values().all(|&n| (60..=140).contains(&n)),
+        "{per_node:?}"
+    );
+    // A node that goes unhealthy is skipped by every replica alike, and only
+    // its conversations move.
+    for r in [&one, &two] {
+        r.update(|entries| {
+            for e in entries.iter_mut().filter(|e| e.spec.id.as_str() == "b") {
+                e.status = NodeStatus::Unhealthy;
+            }
+        });
+    }
+    for k in 0..100u64 {
+        let mut ctx = prompt("s", "t");
+        ctx.conversation_key = Some(k);
+        let a = one.select(&ctx).unwrap().decision.node_id;
+        assert_ne!(a.as_str(), "b");
+        assert_eq!(a, two.select(&ctx).unwrap().decision.node_id);
+    }
+}
+
+#[test]
+fn consistent_replicas_respect_weights() {
+    let clock = ManualClock::new();
+    let r = Router::new(
+        RouterParams {
+            consistent_replicas: true,
+            ..RouterParams::default()
+        },
+        clock.shared(),
+    );
+    let mut entries = nodes(&["big", "small"]);
+    entries[0].spec.weight = 3;
+    r.publish(entries);
+    let mut big = 0;
+    for k in 0..2000u64 {
+        let mut ctx = prompt("s", "t");
+        ctx.conversation_key = Some(k.wrapping_mul(0x2545_f491_4f6c_dd1d));
+        if r.select(&ctx).unwrap().decision.node_id.as_str() == "big" {
+            big += 1;
+        }
+    }
+    // 3 : 1 → about 1500 of 2000.
+    assert!((1400..=1600).contains(&big), "{big}");
+}
+
+#[test]
+fn consistent_replicas_skip_a_node_that_reports_a_long_queue() {
+    let clock = ManualClock::new();
+    let r = Router::new(
+        RouterParams {
+            consistent_replicas: true,
+            ..RouterParams::default()
+        },
+        clock.shared(),
+    );
+    r.publish(nodes(&["a", "b", "c"]));
+    let mut ctx = prompt("s", "t");
+    ctx.conversation_key = Some(42);
+    let home = r.select(&ctx).unwrap().decision.node_id;
+    // Every node reports its queue; the home node's is far above the mean.
+    for id in ["a", "b", "c"] {
+        let queue = if id == home.as_str() { 30 } else { 2 };
+        r.record_reported_queue(&NodeId::from(id), queue);
+    }
+    let moved = r.select(&ctx).unwrap().decision.node_id;
+    assert_ne!(moved, home);
+    // Reports within the slack keep the conversation home; a node that has
+    // not reported lately makes every replica fall back to the plain order.
+    r.record_reported_queue(&home, 4);
+    assert_eq!(r.select(&ctx).unwrap().decision.node_id, home);
+    r.record_reported_queue(&home, 30);
+    clock.advance(Duration::from_secs(11));
+    for id in ["a", "b", "c"].iter().filter(|id| **id != home.as_str()) {
+        r.record_reported_queue(&NodeId::from(*id), 2);
+    }
+    assert_eq!(r.select(&ctx).unwrap().decision.node_id, home);
+}

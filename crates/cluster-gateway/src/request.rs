@@ -426,6 +426,31 @@ impl<'a> ParsedRequest<'a> {
         )
     }
 
+    /// A key every turn of this conversation shares, from the request
+    /// alone: the session key when there is one, else the model, system
+    /// prompt, tools and first message (an agent re-sends them unchanged on
+    /// every turn). `None` for an empty request.
+    #[must_use]
+    pub fn conversation_key(&self) -> Option<u64> {
+        if let Some(session) = self.session.as_deref() {
+            return Some(xxh64(session.as_bytes(), 0x5e55));
+        }
+        let mut parts =
+            self.model
+                .iter()
+                .map(|m| &**m)
+                .chain(self.system.iter().map(|s| &**s))
+                .chain(self.tools.iter().map(|t| &**t))
+                .chain(
+                    self.messages.first().into_iter().flat_map(|m| {
+                        std::iter::once(&*m.role).chain(m.parts.iter().map(|p| &**p))
+                    }),
+                )
+                .peekable();
+        parts.peek()?;
+        Some(parts.fold(0x636f_6e76, |seed, piece| xxh64(piece.as_bytes(), seed)))
+    }
+
     /// Stable hash of the canonical tool list (`None` without tools).
     #[must_use]
     pub fn tools_hash(&self) -> Option<u64> {
@@ -459,6 +484,7 @@ impl<'a> ParsedRequest<'a> {
             system_prompt_hash: self.system_prompt_hash(),
             tools_hash: self.tools_hash(),
             prompt_tokens_estimate: u32::try_from(estimate).unwrap_or(u32::MAX),
+            conversation_key: self.conversation_key(),
             fingerprint,
             excluded: Vec::new(),
         }
@@ -621,6 +647,24 @@ mod tests {
         assert_eq!(ctx.system_prompt_hash, None);
         assert_eq!(ctx.tools_hash, None);
         assert_eq!(ctx.fingerprint.block_bytes(), 16);
+        // The conversation key: the session when there is one, else the
+        // conversation's start, the same on every turn.
+        let none = HeaderMap::new();
+        let turn = |body: &str| parse(ApiKind::ChatCompletions, &none, body).conversation_key();
+        let first = turn(
+            r#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":"task"}]}"#,
+        );
+        let later = turn(
+            r#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":"task"},{"role":"assistant","content":"ok"},{"role":"user","content":"more"}]}"#,
+        );
+        let other = turn(
+            r#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":"other task"}]}"#,
+        );
+        assert!(first.is_some());
+        assert_eq!(first, later);
+        assert_ne!(first, other);
+        assert_ne!(ctx.conversation_key, first);
+        assert_eq!(turn(r#"{"messages":[]}"#), None);
         let p = parse(
             ApiKind::ChatCompletions,
             &h,

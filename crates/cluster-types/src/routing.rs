@@ -59,6 +59,10 @@ pub struct RoutingContext {
     pub prompt_tokens_estimate: u32,
     /// Nodes already tried for this request (retries skip them).
     pub excluded: Vec<NodeId>,
+    /// A key every turn of one conversation shares, computed from the
+    /// request alone (the session key, else the model, system prompt, tools
+    /// and first message): what `routing.consistent_replicas` routes by.
+    pub conversation_key: Option<u64>,
 }
 
 impl RoutingContext {

@@ -182,6 +182,86 @@ pub(crate) fn predicted_cached(
     cached.min(total.saturating_sub(1))
 }
 
+/// How far above the fleet's mean (per unit of weight) a node's own
+/// reported queue may be before a conversation skips it under
+/// `routing.consistent_replicas`: 25 %.
+pub(crate) const CONSISTENT_LOAD_SLACK: f64 = 0.25;
+
+/// Routing for gateway replicas that share nothing
+/// (`routing.consistent_replicas`): the candidates in weighted rendezvous
+/// order for the request's conversation key (else its session, else its
+/// first blocks) — a function of the request and the candidate list alone,
+/// so every replica with the same view of node health picks the same node,
+/// and every turn of a conversation lands where its prefix is. Weighted: a
+/// node of weight `w` wins `w` times as many conversations (logarithmic
+/// method). Bounded loads from what the nodes themselves report (llama.cpp,
+/// vLLM, SGLang: fresh queue counts, which every replica reads alike): when
+/// every candidate reported, the first in that order whose queue is within
+/// [`CONSISTENT_LOAD_SLACK`] of the fleet's mean per unit of weight (plus
+/// one) wins. The cache model is still read for the prediction.
+pub(crate) fn choose_consistent(
+    c: &Candidates<'_>,
+    prompt: &Prompt<'_>,
+    model: &CacheModel,
+    max_report_age_ns: u64,
+) -> Option<Pick> {
+    let key = prompt
+        .ctx
+        .conversation_key
+        .or_else(|| {
+            prompt
+                .ctx
+                .session_id
+                .as_deref()
+                .map(|s| xxh64(s.as_bytes(), 0))
+        })
+        .unwrap_or_else(|| prompt.key(0, 2));
+    // (score, index, reported queue, weight), best first.
+    let mut order: Vec<(f64, u32, Option<u64>, u64)> = c
+        .allowed_positions()
+        .map(|k| {
+            let node = c.node(k);
+            // A uniform draw in (0, 1) from the hash; score w / -ln(u).
+            let h = rendezvous(key, node.id_hash);
+            #[allow(clippy::cast_precision_loss)]
+            let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            let w = u64::from(node.weight);
+            let reported = node.live.reported_queue.fresh(c.now_enc, max_report_age_ns);
+            (f(w) / -u.ln(), c.index(k), reported, w)
+        })
+        .collect();
+    order.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let n = order.len();
+    let mut index = order.first()?.1;
+    if order.iter().all(|o| o.2.is_some()) {
+        let queued: u64 = order.iter().filter_map(|o| o.2).sum();
+        let weight: u64 = order.iter().map(|o| o.3).sum();
+        let per_weight = f(queued) / f(weight.max(1));
+        if let Some(o) = order.iter().find(|o| {
+            f(o.2.unwrap_or(0)) <= (1.0 + CONSISTENT_LOAD_SLACK) * per_weight * f(o.3) + 1.0
+        }) {
+            index = o.1;
+        }
+    }
+    let node = c.snap.node(index);
+    let matched = model.matched_blocks(node.live.cache_slot, prompt.chain);
+    let cached = predicted_cached(model, node, prompt, matched);
+    let total = prompt.tokens(node);
+    Some(Pick {
+        index,
+        reason: if cached > 0 {
+            RoutingReason::CacheHit
+        } else {
+            RoutingReason::Rendezvous
+        },
+        confidence: 1.0 / f(n.max(1) as u64),
+        cached_blocks: matched,
+        uncached_tokens: total.saturating_sub(cached),
+        predicted_cached: Some(cached),
+        cost: None,
+    })
+}
+
 /// Rendezvous (highest random weight) score of a node for a key.
 pub(crate) fn rendezvous(key: u64, id_hash: u64) -> u64 {
     let mut buf = [0u8; 16];

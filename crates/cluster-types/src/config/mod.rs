@@ -433,7 +433,8 @@ impl Default for MdnsDiscovery {
 ///
 /// Defaults: `strategy` cache-aware, `max_retries` 2, `retry_delay` 100ms,
 /// `session_ttl` 30m, `session_header` `x-session-id`, `max_sessions` 100000,
-/// `sticky_sessions` true, `prefill_concurrency` 1.
+/// `sticky_sessions` true, `prefill_concurrency` 1, `consistent_replicas`
+/// false.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoutingConfig {
@@ -467,6 +468,13 @@ pub struct RoutingConfig {
     /// wait for all of it). 0 = unlimited. A node tag `prefill_concurrency`
     /// overrides it per node. Default 1.
     pub prefill_concurrency: usize,
+    /// Route from what every gateway replica sees alike — the request's own
+    /// conversation key and the nodes' health — so replicas behind a load
+    /// balancer choose the same node for a conversation without sharing
+    /// state (weighted rendezvous hashing over the routable nodes). A single
+    /// gateway routes better without it (on its cache model and queues).
+    /// Default false.
+    pub consistent_replicas: bool,
 }
 
 impl Default for RoutingConfig {
@@ -480,6 +488,7 @@ impl Default for RoutingConfig {
             max_sessions: 100_000,
             sticky_sessions: true,
             prefill_concurrency: 1,
+            consistent_replicas: false,
         }
     }
 }

@@ -459,6 +459,13 @@ const ENTRIES: &[Raw] = &[
         None,
     ),
     (
+        "routing.consistent_replicas",
+        None,
+        "boolean",
+        "Route from what every gateway replica sees alike (the conversation key of the request, node health), so replicas behind a load balancer choose the same node without sharing state; a single gateway routes better without it.",
+        None,
+    ),
+    (
         "gateway.listen",
         None,
         "socket address",
