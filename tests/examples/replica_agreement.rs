@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
-use cluster_facade::{Cluster, RequestOutcome};
+use cluster_facade::{Cluster, RequestOutcome, RouterParams};
 use cluster_gateway::gateway::Gateway;
 use cluster_gateway::request::{ApiKind, ParsedRequest};
 use cluster_sim::SimNodeConfig;
@@ -40,7 +40,7 @@ struct Replica {
     url: String,
 }
 
-async fn replica(nodes: &[String]) -> Replica {
+async fn replica(nodes: &[String], consistent: bool) -> Replica {
     let mut config = ClusterConfig {
         discovery: DiscoveryConfig::Static(StaticDiscovery {
             nodes: nodes
@@ -54,7 +54,17 @@ async fn replica(nodes: &[String]) -> Replica {
     };
     config.health.check_interval = Duration::from_secs(1);
     config.health.timeout = Duration::from_millis(500);
-    let cluster = Cluster::start(config).await.unwrap();
+    config.routing.consistent_replicas = consistent;
+    // The nodes run TIME_SCALE times faster than real ones: so is the rate
+    // assumed before the first measurement, and the window of activity.
+    let mut params = RouterParams::from_config(&config);
+    params.cost.default_prefill_tokens_per_second *= TIME_SCALE;
+    params.cost.active_window = params.cost.active_window.div_f64(TIME_SCALE);
+    let cluster = Cluster::builder(config)
+        .router_params(params)
+        .start()
+        .await
+        .unwrap();
     let gateway = Gateway::from_cluster(cluster.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -249,26 +259,30 @@ async fn main() {
         trace.requests.len()
     );
 
-    // Three replicas behind nginx.
-    let fleet3 = fleet(nodes).await;
-    let mut replicas = Vec::new();
-    for _ in 0..3 {
-        replicas.push(replica(&fleet3.urls()).await);
+    // Three replicas behind nginx: with the default routing, then with
+    // `routing.consistent_replicas`.
+    let mut three = Vec::new();
+    for consistent in [false, true] {
+        let fleet3 = fleet(nodes).await;
+        let mut replicas = Vec::new();
+        for _ in 0..3 {
+            replicas.push(replica(&fleet3.urls(), consistent).await);
+        }
+        let (mut nginx, front) = nginx(&replicas, &dir);
+        let probes: Vec<Cluster> = replicas.iter().map(|r| r.cluster.clone()).collect();
+        let t0 = Instant::now();
+        let tally = run(&trace, &front, &probes, block_bytes).await;
+        three.push((consistent, tally, t0.elapsed().as_secs_f64()));
+        // SIGTERM, not SIGKILL: the master stops its workers.
+        let _ = Command::new("kill")
+            .args(["-TERM", &nginx.id().to_string()])
+            .status();
+        let _ = nginx.wait();
     }
-    let (mut nginx, front) = nginx(&replicas, &dir);
-    let probes: Vec<Cluster> = replicas.iter().map(|r| r.cluster.clone()).collect();
-    let t0 = Instant::now();
-    let three = run(&trace, &front, &probes, block_bytes).await;
-    let three_secs = t0.elapsed().as_secs_f64();
-    // SIGTERM, not SIGKILL: the master stops its workers.
-    let _ = Command::new("kill")
-        .args(["-TERM", &nginx.id().to_string()])
-        .status();
-    let _ = nginx.wait();
 
     // One gateway, fresh identical fleet.
     let fleet1 = fleet(nodes).await;
-    let single = replica(&fleet1.urls()).await;
+    let single = replica(&fleet1.urls(), false).await;
     let t0 = Instant::now();
     let one = run(&trace, &single.url, &[], block_bytes).await;
     let one_secs = t0.elapsed().as_secs_f64();
@@ -279,15 +293,22 @@ async fn main() {
         "| setup | requests | errors | all 3 replicas chose the same node | served by the majority's node | cache hit ratio | wall |"
     );
     println!("|---|---|---|---|---|---|---|");
-    println!(
-        "| 3 replicas behind nginx round-robin | {} | {} | {:.1} % | {:.1} % | {:.3} | {:.0} s |",
-        three.requests,
-        three.errors,
-        pct(three.all_agree, three.requests - three.errors),
-        pct(three.served_by_majority, three.requests - three.errors),
-        ratio(&three),
-        three_secs
-    );
+    for (consistent, t, secs) in &three {
+        println!(
+            "| 3 replicas behind nginx round-robin{} | {} | {} | {:.1} % | {:.1} % | {:.3} | {:.0} s |",
+            if *consistent {
+                ", `routing.consistent_replicas`"
+            } else {
+                ""
+            },
+            t.requests,
+            t.errors,
+            pct(t.all_agree, t.requests - t.errors),
+            pct(t.served_by_majority, t.requests - t.errors),
+            ratio(t),
+            secs
+        );
+    }
     println!(
         "| 1 gateway | {} | {} | — | — | {:.3} | {:.0} s |",
         one.requests,
@@ -295,9 +316,12 @@ async fn main() {
         ratio(&one),
         one_secs
     );
-    println!(
-        "hit ratio, 3 replicas / 1 gateway: {:.3}",
-        ratio(&three) / ratio(&one).max(1e-9)
-    );
+    for (consistent, t, _) in &three {
+        println!(
+            "hit ratio, 3 replicas{} / 1 gateway: {:.3}",
+            if *consistent { " (consistent)" } else { "" },
+            ratio(t) / ratio(&one).max(1e-9)
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
