@@ -84,9 +84,22 @@ fn routing_context(chat: &ChatRequest) -> RoutingContext {
     }
     let fingerprint = b.finish();
     let tokens = u32::try_from(fingerprint.total_bytes() / 4).unwrap_or(u32::MAX);
+    // What the gateway keys a conversation by: its start.
+    let first = chat.messages[lead..]
+        .first()
+        .map(|m| content_to_text(&m.content).into_owned())
+        .unwrap_or_default();
+    let conversation_key = Some(xxh64(
+        first.as_bytes(),
+        xxh64(
+            system.as_bytes(),
+            xxh64(tools.as_deref().unwrap_or("").as_bytes(), 0),
+        ),
+    ));
     RoutingContext {
         model: Some(chat.model.clone()),
         session_id: None,
+        conversation_key,
         system_prompt_hash: (!system.is_empty()).then(|| xxh64(system.as_bytes(), 0)),
         tools_hash: tools.as_ref().map(|t| xxh64(t.as_bytes(), 0)),
         fingerprint,
