@@ -382,6 +382,81 @@ async fn metrics_pass_promtool() {
     fleet.shutdown().await;
 }
 
+/// The completion tokens the nodes report, streamed or not, reach
+/// `/metrics` (per node) and the status JSON (per node and in total).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completion_tokens_reach_metrics_and_status() {
+    let fleet = fleet(2, 1000.0).await;
+    let gw =
+        GatewayUnderTest::start(config(&nodes_of(&fleet), LoadBalanceStrategy::CacheAware)).await;
+    gw.wait_all_routable().await;
+    let model = fleet.nodes()[0].config().model_id.clone();
+    let mut expected = 0;
+    for (i, stream) in [false, true, false, true].into_iter().enumerate() {
+        let r = client()
+            .post(format!("{}/chat/completions", gw.v1()))
+            .json(
+                &json!({"model": model, "stream": stream, "max_tokens": 3 + i,
+                "stream_options": {"include_usage": true},
+                "messages": [{"role": "user", "content": format!("question {i}")}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body = r.text().await.unwrap();
+        let usage = if stream {
+            body.lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                .find(|v| v["usage"].is_object())
+                .unwrap()["usage"]
+                .clone()
+        } else {
+            serde_json::from_str::<Value>(&body).unwrap()["usage"].clone()
+        };
+        expected += usage["completion_tokens"].as_u64().unwrap();
+    }
+    assert!(expected > 0);
+    // Guards finish once the gateway has polled each body to its end.
+    gateway_support::wait_until("4 successes", Duration::from_secs(10), || {
+        gw.cluster.status().metrics.successes_total == 4
+    })
+    .await;
+    let metrics = client()
+        .get(format!("{}/metrics", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let exposed: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("mlx_cluster_node_completion_tokens_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(exposed, expected, "{metrics}");
+    let status: Value = client()
+        .get(format!("{}/cluster/status", gw.v1()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["metrics"]["completion_tokens_total"], expected);
+    let per_node: u64 = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["metrics"]["completion_tokens_total"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_node, expected, "{status}");
+    gw.stop().await;
+    fleet.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_renders_the_nodes_in_headless_chromium() {
     let fleet = fleet(3, 1000.0).await;

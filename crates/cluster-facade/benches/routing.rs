@@ -105,6 +105,7 @@ fn routing_context(chat: &ChatRequest) -> RoutingContext {
         fingerprint,
         prompt_tokens_estimate: tokens,
         excluded: Vec::new(),
+        conversation_key: None,
     }
 }
 

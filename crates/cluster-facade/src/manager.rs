@@ -15,7 +15,7 @@ use cluster_discovery::{
 use cluster_health::{
     ClusterHealth, HealthChecker, HealthEvent, Observation, ProbeGuard, TokioClock,
 };
-use cluster_metrics::{MetricsRegistry, SharedClock, aggregate_cluster_metrics};
+use cluster_metrics::{MetricsRegistry, SharedClock};
 use cluster_types::{
     ClusterConfig, ClusterState, ClusterStatus, KIND_TAG, Node, NodeId, NodeKind, NodeStatus,
     RoutingContext,
@@ -735,18 +735,7 @@ impl Cluster {
                 }
             })
             .collect();
-        let counters: Vec<_> = inner
-            .router
-            .counters()
-            .into_iter()
-            .map(|(id, c)| {
-                let status = snap
-                    .entry(&id)
-                    .map_or(NodeStatus::Initializing, |e| e.status);
-                (id, status, c.snapshot())
-            })
-            .collect();
-        let metrics = aggregate_cluster_metrics(counters.iter().map(|(id, st, s)| (id, *st, s)));
+        let metrics = inner.router.cluster_metrics();
         let mut nodes = nodes;
         nodes.extend(inner.unreachable_nodes(&snap, now, unix_now));
         ClusterState::new(nodes, metrics, unix_now)

@@ -8,9 +8,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use cluster_metrics::SharedClock;
+use cluster_metrics::{SharedClock, aggregate_cluster_metrics};
 use cluster_types::{
-    NodeCacheState, NodeId, NodeMetrics, RoutingContext, RoutingDecision, RoutingReason,
+    ClusterMetrics, NodeCacheState, NodeId, NodeMetrics, RoutingContext, RoutingDecision,
+    RoutingReason,
 };
 use parking_lot::Mutex;
 use rand::SeedableRng;
@@ -489,6 +490,26 @@ impl Router {
         let snap = self.shared.snapshot.load();
         let live = &snap.node(snap.index_of(node)?).live;
         Some(live.counters.snapshot().to_node_metrics())
+    }
+
+    /// The cluster's request metrics: every node's counters aggregated by
+    /// `cluster_metrics::aggregate_cluster_metrics` (node counts by status,
+    /// sums of requests and tokens — completion tokens included — and the
+    /// request-weighted mean latencies).
+    #[must_use]
+    pub fn cluster_metrics(&self) -> ClusterMetrics {
+        let snap = self.shared.snapshot.load();
+        let nodes: Vec<_> = snap
+            .nodes
+            .iter()
+            .map(|n| (n.entry.status, n.live.counters.snapshot()))
+            .collect();
+        aggregate_cluster_metrics(
+            snap.nodes
+                .iter()
+                .zip(&nodes)
+                .map(|(n, (status, counters))| (n.entry.id(), *status, counters)),
+        )
     }
 
     /// Converts a router-clock instant to unix milliseconds (through the

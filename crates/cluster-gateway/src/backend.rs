@@ -10,7 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use cluster_facade::{Cluster, FacadeError, Router, Selection};
-use cluster_types::{ClusterMetrics, ClusterState, Node, NodeId, RoutingContext};
+use cluster_types::{ClusterState, Node, NodeId, RoutingContext};
 
 /// A boxed future (object-safe async).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -73,22 +73,7 @@ impl ClusterHandle for Router {
                 node
             })
             .collect();
-        let mut metrics = ClusterMetrics::default();
-        for node in &nodes {
-            let m = &node.metrics;
-            metrics.in_flight += m.in_flight;
-            metrics.requests_total += m.requests_total;
-            metrics.successes_total += m.successes_total;
-            metrics.failures_total += m.failures_total;
-            metrics.cancelled_total += m.cancelled_total;
-            metrics.prompt_tokens_total += m.prompt_tokens_total;
-            metrics.cached_tokens_total += m.cached_tokens_total;
-        }
-        if metrics.prompt_tokens_total > 0 {
-            #[allow(clippy::cast_precision_loss)]
-            let ratio = metrics.cached_tokens_total as f64 / metrics.prompt_tokens_total as f64;
-            metrics.cache_hit_ratio = ratio;
-        }
+        let metrics = self.cluster_metrics();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));

@@ -199,6 +199,56 @@ async fn non_streamed_answer_is_passed_through_and_usage_recorded() {
     assert_eq!(m.in_flight, 0);
 }
 
+/// Completion tokens the node reports, streamed or not, reach the node's
+/// metrics and the cluster totals of `/v1/cluster/status`.
+#[tokio::test]
+async fn completion_tokens_reach_the_status() {
+    let node = FakeNode::start(|body| {
+        if !String::from_utf8_lossy(&body).contains("\"stream\":true") {
+            return ok_json();
+        }
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            tx.send(Ok(Bytes::from_static(
+                b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":5,\"prompt_tokens_details\":{\"cached_tokens\":4}}}\n\ndata: [DONE]\n\n",
+            )))
+            .await
+            .unwrap();
+        });
+        sse(rx)
+    })
+    .await;
+    let h = harness(
+        vec![entry("a", &node.url(), NodeStatus::Healthy)],
+        StrategyKind::RoundRobin,
+        |_| {},
+    )
+    .await;
+    for body in [CHAT, CHAT_STREAM] {
+        let r = h.post("/v1/chat/completions", body).await;
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    // 2 from the JSON answer, 5 from the stream's usage chunk.
+    eventually(|| h.metrics("a").successes_total == 2).await;
+    assert_eq!(h.metrics("a").completion_tokens_total, 7);
+    let status: serde_json::Value = h
+        .client
+        .get(format!("{}/v1/cluster/status", h.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["metrics"]["completion_tokens_total"], 7, "{status}");
+    assert_eq!(status["metrics"]["prompt_tokens_total"], 29, "{status}");
+    assert_eq!(
+        status["nodes"][0]["metrics"]["completion_tokens_total"], 7,
+        "{status}"
+    );
+}
+
 #[tokio::test]
 async fn node_api_key_is_sent_and_client_auth_is_not() {
     let node = FakeNode::start(|_| ok_json()).await;
