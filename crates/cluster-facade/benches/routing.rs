@@ -105,7 +105,6 @@ fn routing_context(chat: &ChatRequest) -> RoutingContext {
         fingerprint,
         prompt_tokens_estimate: tokens,
         excluded: Vec::new(),
-        conversation_key: None,
     }
 }
 
