@@ -46,6 +46,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cache_model;
+mod cluster;
 mod config;
 mod coordinator;
 mod error;
@@ -53,16 +54,10 @@ mod events;
 mod guard;
 mod layered;
 mod live;
-mod manager;
-#[cfg(test)]
-mod manager_tests;
 mod node_tls;
 mod params;
 mod prefill_gate;
 mod published;
-mod reload;
-#[cfg(test)]
-mod reload_tests;
 mod router;
 #[cfg(test)]
 mod router_tests;
@@ -70,6 +65,7 @@ mod snapshot;
 mod strategy;
 
 pub use cache_model::{CacheModel, CacheModelParams};
+pub use cluster::{Cluster, ClusterBuilder, EVENT_CAPACITY, ReloadReport};
 /// The mDNS announcer and its node check, for `mlx-cluster announce`
 /// (feature `mdns`).
 #[cfg(feature = "mdns")]
@@ -80,13 +76,11 @@ pub use error::FacadeError;
 pub use events::ClusterEvent;
 pub use guard::{FailureKind, NodeTarget, RequestGuard, RequestOutcome, Selection};
 pub use layered::{RUNTIME_ORIGIN, TAG_RUNTIME};
-pub use manager::{Cluster, ClusterBuilder, EVENT_CAPACITY};
 pub use params::{CostParams, RouterParams, StrategyKind};
 pub use prefill_gate::TAG_PREFILL_CONCURRENCY;
 pub use published::{
     LlamaSlot, PublishedMetrics, SlotSummary, SlotsError, parse_metrics, parse_slots,
     summarize_slots,
 };
-pub use reload::ReloadReport;
 pub use router::{Router, TAG_CACHE_ENTRIES, TAG_CACHE_TOKENS};
 pub use snapshot::{ClusterSnapshot, NodeEntry};

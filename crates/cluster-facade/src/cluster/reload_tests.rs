@@ -9,7 +9,7 @@ use cluster_types::{
     DiscoveryConfig, LoadBalanceStrategy, NodeId, NodeSpec, NodeStatus, StaticDiscovery,
 };
 
-use crate::manager_tests::{Script, config, settle, specs};
+use super::tests::{Script, config, settle, specs};
 use crate::{Cluster, FacadeError, StrategyKind, TAG_RUNTIME};
 
 async fn start(ids: &[&str]) -> Cluster {

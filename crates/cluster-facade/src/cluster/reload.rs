@@ -26,8 +26,8 @@ use cluster_discovery::{
 };
 use cluster_types::{ClusterConfig, NodeId, NodeSpec};
 
+use super::api::Cluster;
 use crate::error::FacadeError;
-use crate::manager::Cluster;
 use crate::params::RouterParams;
 
 /// What [`Cluster::reload`] did.
