@@ -6,14 +6,9 @@
 //! caller publishes: tests that must control node states exactly, and
 //! benchmarks of the proxy path).
 
-use std::future::Future;
-use std::pin::Pin;
-
 use cluster_facade::{Cluster, FacadeError, Router, Selection};
 use cluster_types::{ClusterState, Node, NodeId, RoutingContext};
-
-/// A boxed future (object-safe async).
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+use futures::future::BoxFuture;
 
 /// The cluster operations the gateway uses.
 pub trait ClusterHandle: Send + Sync + 'static {

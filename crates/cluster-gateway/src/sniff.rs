@@ -12,12 +12,14 @@
 //!   nested under `message.usage` in a `message_start` event).
 //!
 //! [`SseSniffer`] scans each frame line by line and parses only the `data:`
-//! lines that mention `"usage"`; it copies bytes only for a line split across
-//! two frames. [`JsonSniffer`] keeps cheap reference-counted handles to the
+//! lines whose `"usage"` is an object (OpenAI streams with `include_usage`
+//! put `"usage": null` in every chunk); it copies bytes only for a line
+//! split across two frames. [`JsonSniffer`] keeps cheap reference-counted handles to the
 //! frames of a non-streamed answer (no copy while streaming) and parses the
 //! usage once at the end.
 
 use bytes::{Bytes, BytesMut};
+use memchr::memmem;
 use serde::Deserialize;
 
 /// Token counts a node reported for one request. Every field is `None` when
@@ -130,9 +132,23 @@ fn parse_document(json: &[u8]) -> Result<Option<Usage>, ()> {
     }
 }
 
-/// Whether `haystack` contains `needle` (short needles, short lines).
+/// Whether `haystack` contains `needle`.
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    memmem::find(haystack, needle).is_some()
+}
+
+/// Whether `bytes` (whole lines of JSON) hold a `"usage"` key whose value is
+/// an object — not `null`, which OpenAI streams with `include_usage` send in
+/// every chunk but the last. A quote inside a JSON string is escaped, so
+/// message text never matches.
+fn carries_usage(bytes: &[u8]) -> bool {
+    const KEY: &[u8] = b"\"usage\"";
+    memmem::find_iter(bytes, KEY).any(|at| {
+        bytes[at + KEY.len()..]
+            .trim_ascii_start()
+            .strip_prefix(b":")
+            .is_some_and(|value| value.trim_ascii_start().first() == Some(&b'{'))
+    })
 }
 
 /// What one [`SseSniffer::feed`] call saw.
@@ -178,7 +194,7 @@ impl SseSniffer {
             _ => {}
         }
         let mut rest = frame;
-        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+        while let Some(pos) = memchr::memchr(b'\n', rest) {
             let (line, tail) = rest.split_at(pos);
             rest = &tail[1..];
             if self.carry.is_empty() {
@@ -208,7 +224,7 @@ impl SseSniffer {
             self.seen_data = true;
             result.first_data = true;
         }
-        if contains(payload, b"\"usage\"")
+        if carries_usage(payload)
             && let Some(usage) = usage_from_json(payload)
         {
             self.usage.merge(usage);
@@ -275,7 +291,7 @@ struct ChunkShape {
 
 /// Whether an SSE `data:` payload is a chunk that only carries usage.
 fn is_usage_only(payload: &[u8]) -> bool {
-    contains(payload, b"\"usage\"")
+    carries_usage(payload)
         && serde_json::from_slice::<ChunkShape>(payload)
             .is_ok_and(|c| c.usage.is_some() && c.choices.is_none_or(|v| v.is_empty()))
 }
@@ -286,7 +302,7 @@ impl UsageChunkFilter {
         if self.carry.is_empty()
             && !self.drop_blank
             && frame.last() == Some(&b'\n')
-            && !contains(frame, b"\"usage\"")
+            && !carries_usage(frame)
         {
             return frame.clone();
         }
@@ -294,7 +310,7 @@ impl UsageChunkFilter {
         input.extend_from_slice(frame);
         let mut out = BytesMut::with_capacity(input.len());
         let mut rest: &[u8] = &input;
-        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+        while let Some(pos) = memchr::memchr(b'\n', rest) {
             let (line, tail) = rest.split_at(pos + 1);
             rest = tail;
             let text = line[..pos].strip_suffix(b"\r").unwrap_or(&line[..pos]);
@@ -479,7 +495,28 @@ mod tests {
         assert_eq!(f.filter(&frame).as_ptr(), frame.as_ptr());
         // A usage field inside a choice chunk (vLLM's continuous usage) stays.
         let mixed = Bytes::from_static(b"data: {\"choices\": [{}], \"usage\": null}\r\n\r\n");
-        assert_eq!(f.filter(&mixed), mixed);
+        assert_eq!(f.filter(&mixed).as_ptr(), mixed.as_ptr());
+        let continuous =
+            Bytes::from_static(b"data: {\"choices\": [{}], \"usage\": {\"prompt_tokens\": 1}}\n\n");
+        assert_eq!(f.filter(&continuous), continuous);
+    }
+
+    #[test]
+    fn only_usage_objects_count() {
+        assert!(carries_usage(
+            br#"{"choices":[],"usage":{"prompt_tokens":1}}"#
+        ));
+        assert!(carries_usage(br#"{"usage" :  {}}"#));
+        assert!(carries_usage(
+            br#"{"type":"message_start","message":{"usage":{"input_tokens":5}}}"#
+        ));
+        assert!(!carries_usage(
+            br#"{"choices":[{"delta":{}}],"usage":null}"#
+        ));
+        assert!(!carries_usage(
+            br#"{"choices":[{"delta":{"content":"\"usage\": {"}}]}"#
+        ));
+        assert!(!carries_usage(br#"{"usage""#));
     }
 
     #[test]

@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::io;
 
+use memchr::memmem;
 use parking_lot::Mutex;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -28,6 +29,8 @@ use tokio::time::{Duration, Instant};
 
 /// Largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
+/// Most response headers accepted (as hyper's default).
+const MAX_HEADERS: usize = 100;
 /// First size of the per-check read buffer.
 const INITIAL_BUFFER: usize = 1024;
 
@@ -239,9 +242,8 @@ pub(crate) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             Err(e) if conn.buf.is_empty() => return Err(Failure::BeforeAnswer(e)),
             Err(e) => return Err(Failure::Other(e)),
         };
-        let parsed = parse_head(&head).map_err(Failure::Other)?;
-        if !parsed.0.is_informational() {
-            break parsed;
+        if !head.0.is_informational() {
+            break head;
         }
     };
     let close = header_has_token(&headers, "connection", "close");
@@ -301,11 +303,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         n
     }
 
-    async fn read_head(&mut self) -> Result<Vec<u8>, WireError> {
+    /// Reads and parses one response head (`httparse`), consuming it.
+    async fn read_head(&mut self) -> Result<Head, WireError> {
         loop {
-            if let Some(end) = find(self.pending(), b"\r\n\r\n") {
-                let head = self.pending()[..end].to_vec();
-                self.start += end + 4;
+            if let Some((head, len)) = parse_head(self.pending())? {
+                self.start += len;
                 return Ok(head);
             }
             if self.pending().len() > MAX_HEAD {
@@ -324,7 +326,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     async fn read_line(&mut self) -> Result<Vec<u8>, WireError> {
         loop {
-            if let Some(end) = find(self.pending(), b"\r\n") {
+            if let Some(end) = memmem::find(self.pending(), b"\r\n") {
                 let line = self.pending()[..end].to_vec();
                 self.start += end + 2;
                 return Ok(line);
@@ -428,46 +430,44 @@ fn eof(where_: &str) -> WireError {
     ))
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
+/// A response head: status, whether HTTP/1.1, headers.
+type Head = (StatusCode, bool, HeaderMap);
 
-/// Status, whether HTTP/1.1, headers.
-fn parse_head(head: &[u8]) -> Result<(StatusCode, bool, HeaderMap), WireError> {
-    let text = std::str::from_utf8(head)
-        .map_err(|_| WireError::Protocol("response head is not UTF-8".to_owned()))?;
-    let mut lines = text.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    let version_11 = match version {
-        "HTTP/1.1" => true,
-        "HTTP/1.0" => false,
-        _ => {
-            return Err(WireError::Protocol(
-                "not an HTTP/1.x response (malformed status line)".to_owned(),
-            ));
+/// Parses a response head at the start of `buf` with `httparse`: `None`
+/// while incomplete, else the head and its length (through the empty
+/// line). Header lines whose value `http` rejects are skipped.
+fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, WireError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut slots);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(WireError::Protocol(format!(
+                "more than {MAX_HEADERS} response headers"
+            )));
+        }
+        Err(e) => {
+            return Err(WireError::Protocol(format!(
+                "not an HTTP/1.x response ({e})"
+            )));
         }
     };
-    let status = parts
-        .next()
-        .filter(|code| code.len() == 3)
-        .and_then(|code| code.parse::<u16>().ok())
+    let version_11 = response.version == Some(1);
+    let status = response
+        .code
         .and_then(|code| StatusCode::from_u16(code).ok())
         .ok_or_else(|| WireError::Protocol("malformed status code".to_owned()))?;
-    let mut headers = HeaderMap::new();
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
+    let mut headers = HeaderMap::with_capacity(response.headers.len());
+    for h in response.headers.iter() {
         if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.trim().as_bytes()),
-            HeaderValue::from_str(value.trim()),
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value.trim_ascii()),
         ) {
             headers.append(name, value);
         }
     }
-    Ok((status, version_11, headers))
+    Ok(Some(((status, version_11, headers), len)))
 }
 
 fn header_has_token(headers: &HeaderMap, name: &str, token: &str) -> bool {
@@ -514,27 +514,46 @@ mod tests {
 
     #[test]
     fn heads() {
-        let (status, v11, headers) = parse_head(
+        let full = |head: &[u8]| {
+            let mut buf = head.to_vec();
+            buf.extend_from_slice(b"\r\n\r\nbody");
+            let ((status, v11, headers), len) = parse_head(&buf).unwrap().unwrap();
+            assert_eq!(&buf[len..], b"body");
+            (status, v11, headers)
+        };
+        let (status, v11, headers) = full(
             b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nConnection: keep-alive, Close",
-        )
-        .unwrap();
+        );
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(v11);
         assert_eq!(headers.get("retry-after").unwrap(), "7");
         assert!(header_has_token(&headers, "connection", "close"));
-        let (status, v11, _) = parse_head(b"HTTP/1.0 200").unwrap();
+        let (status, v11, _) = full(b"HTTP/1.0 200");
         assert_eq!(status, StatusCode::OK);
         assert!(!v11);
+        // Incomplete: more bytes needed.
+        assert!(
+            parse_head(b"HTTP/1.1 200 OK\r\nContent-Le")
+                .unwrap()
+                .is_none()
+        );
         for bad in [
-            &b"SSH-2.0-OpenSSH"[..],
-            b"HTTP/1.1 2000 OK",
-            b"HTTP/2 200",
-            b"\xff\xfe",
+            &b"SSH-2.0-OpenSSH\r\n\r\n"[..],
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/2 200\r\n\r\n",
+            b"\xff\xfe\r\n\r\n",
         ] {
             assert!(matches!(parse_head(bad), Err(WireError::Protocol(_))));
         }
-        let (_, _, headers) =
-            parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6").unwrap();
+        let many = format!(
+            "HTTP/1.1 200 OK\r\n{}\r\n",
+            "X-A: 1\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert!(matches!(
+            parse_head(many.as_bytes()),
+            Err(WireError::Protocol(_))
+        ));
+        let (_, _, headers) = full(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6");
         assert!(content_length(&headers).is_err());
     }
 }

@@ -165,7 +165,7 @@ impl StreamTranslator {
     /// Translates one piece of the node's stream, appending events to `out`.
     pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
         let mut rest = bytes;
-        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+        while let Some(pos) = memchr::memchr(b'\n', rest) {
             let (line, tail) = rest.split_at(pos);
             rest = &tail[1..];
             if self.carry.is_empty() {
