@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster_facade::{
-    NodeEntry, RequestGuard, RequestOutcome, Router, RouterParams, StrategyKind, TAG_CACHE_ENTRIES,
+    NodeEntry, RequestGuard, RequestOutcome, Router, RouterParams, TAG_CACHE_ENTRIES,
 };
 use cluster_metrics::ManualClock;
 use cluster_sim::api::ChatRequest;
@@ -49,7 +49,10 @@ use cluster_sim::tokenizer::{Token, content_to_text};
 use cluster_sim::workload::{Arrival, WorkloadConfig};
 use cluster_sim::workload::{Expander, Trace};
 use cluster_types::fingerprint::xxh64;
-use cluster_types::{NodeId, NodeSpec, NodeStatus, PrefixFingerprint, RoutingContext, SegmentKind};
+use cluster_types::{
+    LoadBalanceStrategy, NodeId, NodeSpec, NodeStatus, PrefixFingerprint, RoutingContext,
+    SegmentKind,
+};
 
 /// Canonical fingerprint of a chat request: model, system messages, tools,
 /// then every other message in order (what the gateway does).
@@ -124,7 +127,7 @@ struct FacadeRouter {
 
 impl FacadeRouter {
     fn new(
-        strategy: StrategyKind,
+        strategy: LoadBalanceStrategy,
         weights: &[u32],
         cache_entries: &[usize],
         sessions: bool,
@@ -555,16 +558,20 @@ fn main() {
         let trace = workload.generate().unwrap();
         let mut rows = Vec::new();
         let strategies = [
-            ("round-robin", StrategyKind::RoundRobin, false),
-            ("least-loaded", StrategyKind::LeastLoaded, false),
-            ("p2c-peak-ewma", StrategyKind::PowerOfTwoChoices, false),
-            ("seeds' cache-score", StrategyKind::CacheScore, false),
+            ("round-robin", LoadBalanceStrategy::RoundRobin, false),
+            ("least-loaded", LoadBalanceStrategy::LeastLoaded, false),
+            ("latency-based", LoadBalanceStrategy::LatencyBased, false),
+            ("seeds' cache-score", LoadBalanceStrategy::CacheScore, false),
             (
                 "round-robin + sticky sessions",
-                StrategyKind::RoundRobin,
+                LoadBalanceStrategy::RoundRobin,
                 true,
             ),
-            ("**ours: cache-aware**", StrategyKind::CacheAware, false),
+            (
+                "**ours: cache-aware**",
+                LoadBalanceStrategy::CacheAware,
+                false,
+            ),
         ];
         for (name, strategy, sessions) in strategies {
             let entries: Vec<usize> = sc.nodes.iter().map(|n| n.cache_entries).collect();

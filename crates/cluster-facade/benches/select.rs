@@ -20,14 +20,15 @@
 
 use std::hint::black_box;
 
-use cluster_facade::{NodeEntry, RequestOutcome, Router, RouterParams, StrategyKind};
+use cluster_facade::{NodeEntry, RequestOutcome, Router, RouterParams};
 use cluster_metrics::ManualClock;
+use cluster_types::LoadBalanceStrategy;
 use cluster_types::{NodeSpec, NodeStatus, PrefixFingerprint, RoutingContext, SegmentKind};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 const SIZES: [usize; 4] = [8, 64, 1_000, 10_000];
 
-fn router(strategy: StrategyKind, n: usize) -> Router {
+fn router(strategy: LoadBalanceStrategy, n: usize) -> Router {
     let clock = ManualClock::new();
     let r = Router::new(
         RouterParams::default().with_strategy(strategy),
@@ -82,10 +83,10 @@ fn bench_select(c: &mut Criterion) {
     let mut group = c.benchmark_group("select");
     let empty = RoutingContext::default();
     for strategy in [
-        StrategyKind::RoundRobin,
-        StrategyKind::LeastLoaded,
-        StrategyKind::PowerOfTwoChoices,
-        StrategyKind::CacheScore,
+        LoadBalanceStrategy::RoundRobin,
+        LoadBalanceStrategy::LeastLoaded,
+        LoadBalanceStrategy::LatencyBased,
+        LoadBalanceStrategy::CacheScore,
     ] {
         for n in SIZES {
             let r = router(strategy, n);
@@ -101,7 +102,7 @@ fn bench_select(c: &mut Criterion) {
         &[("user", &"Please fix the failing test. ".repeat(15))],
     );
     for n in SIZES {
-        let r = router(StrategyKind::CacheAware, n);
+        let r = router(LoadBalanceStrategy::CacheAware, n);
         warm(&r, &chat(&system, &[("user", "warm-up")]), 4);
         group.bench_with_input(BenchmarkId::new("cache-aware", n), &n, |b, _| {
             b.iter_with_large_drop(|| r.select(black_box(&ctx)).unwrap());
@@ -112,7 +113,10 @@ fn bench_select(c: &mut Criterion) {
     // A whole request's bookkeeping: select, then finish the guard with
     // usage (counters, histograms, success window, cache correction).
     let mut group = c.benchmark_group("select_and_finish");
-    for strategy in [StrategyKind::RoundRobin, StrategyKind::CacheAware] {
+    for strategy in [
+        LoadBalanceStrategy::RoundRobin,
+        LoadBalanceStrategy::CacheAware,
+    ] {
         let r = router(strategy, 64);
         group.bench_function(BenchmarkId::new(strategy.as_str(), 64), |b| {
             b.iter(|| {
@@ -159,7 +163,7 @@ fn bench_fingerprint(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("fingerprint_100k");
     for n in SIZES {
-        let r = router(StrategyKind::CacheAware, n);
+        let r = router(LoadBalanceStrategy::CacheAware, n);
         // System prompt on 8 nodes (other conversations), this conversation
         // on one.
         for k in 0..8 {

@@ -228,7 +228,6 @@ impl NodeCache {
     fn effective_entries(&self, default: usize) -> usize {
         let configured = self.configured_entries(default);
         match self.learned_entries {
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             Some(l) => (l.floor() as usize).clamp(1, configured),
             None => configured,
         }

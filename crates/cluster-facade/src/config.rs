@@ -127,4 +127,29 @@ mod tests {
         assert!(e.to_string().contains("bad.toml"));
         std::fs::remove_dir_all(d).unwrap();
     }
+
+    /// An unknown strategy name is a config problem with its path, from the
+    /// file and from the environment alike — never a silent default.
+    #[test]
+    fn unknown_strategy_is_an_error() {
+        let d = tmpdir("strategy");
+        let file = write(&d, "s.toml", "[routing]\nstrategy = \"p2c\"\n");
+        let ok = write(&d, "ok.toml", "");
+        let env = vec![(
+            "MLX_CLUSTER_ROUTING__STRATEGY".to_owned(),
+            "fastest".to_owned(),
+        )];
+        for (path, env, name) in [(&file, vec![], "p2c"), (&ok, env, "fastest")] {
+            match load_config_with_env(path, env).unwrap_err() {
+                FacadeError::InvalidConfig { problems, .. } => {
+                    let text = problems.to_string();
+                    assert!(text.contains("routing.strategy"), "{text}");
+                    assert!(text.contains(name), "{text}");
+                    assert!(text.contains("latency-based"), "{text}");
+                }
+                other => panic!("{other}"),
+            }
+        }
+        std::fs::remove_dir_all(d).unwrap();
+    }
 }

@@ -13,7 +13,7 @@ use crate::cache_model::{Held, Inserted};
 use crate::live::NodeLive;
 use crate::prefill_gate::{PrefillSlot, hold_limit};
 use crate::router::RouterShared;
-use crate::strategy::f;
+use crate::strategy::as_f64;
 
 /// Where to send a request: the chosen node's id, base URL (no trailing
 /// slash, no `/v1`), API key and tags.
@@ -253,7 +253,7 @@ impl RequestGuard {
                 .default_prefill_tokens_per_second
                 .max(1.0)
         };
-        let predicted = Duration::from_secs_f64((f(self.prefill_tokens) / rate).min(3600.0));
+        let predicted = Duration::from_secs_f64((as_f64(self.prefill_tokens) / rate).min(3600.0));
         // Shortest predicted prefill first, but never past a request that
         // was waiting before this one could have finished (see the gate).
         let arrived = self.shared.epoch.encode(self.shared.clock.now());
@@ -429,10 +429,10 @@ impl RequestGuard {
         if prompt == 0 {
             return;
         }
-        live.hit_rate.blend(f(cached) / f(prompt), 0.2);
+        live.hit_rate.blend(as_f64(cached) / as_f64(prompt), 0.2);
         let uncached = prompt - cached;
         if cached > 0 {
-            shared.warm_turn.blend(f(uncached), 0.2);
+            shared.warm_turn.blend(as_f64(uncached), 0.2);
         }
         // Prefill rate: uncached tokens over the time the node spent on
         // them (from admission when the gate admitted the request, else
@@ -447,7 +447,7 @@ impl RequestGuard {
             if work >= cost.min_rate_sample_tokens && secs > 0.0 {
                 let default = cost.default_prefill_tokens_per_second.max(1e-3);
                 let clamp = cost.rate_clamp.max(1.0);
-                let sample = (f(work) / secs).clamp(default / clamp, default * clamp);
+                let sample = (as_f64(work) / secs).clamp(default / clamp, default * clamp);
                 live.prefill_rate
                     .blend(sample, cost.rate_ewma_alpha.clamp(0.0, 1.0));
             }
@@ -455,9 +455,9 @@ impl RequestGuard {
         let Some(ticket) = self.cache.take() else {
             return;
         };
-        let tpb = f(prompt) / f(ticket.prompt_bytes.max(1));
+        let tpb = as_f64(prompt) / as_f64(ticket.prompt_bytes.max(1));
         live.tokens_per_byte.blend(tpb, 0.2);
-        let block_tokens = (f(ticket.block_bytes) * tpb).max(1.0);
+        let block_tokens = (as_f64(ticket.block_bytes) * tpb).max(1.0);
         if let Some(held) = ticket.held
             && held.reply > 0
         {
@@ -465,7 +465,7 @@ impl RequestGuard {
             // Only a cache that kept the whole prompt says how much of the
             // reply it reuses.
             if cached + 1 >= from_prompt {
-                let reused = (f(cached) - f(from_prompt)).max(0.0) / f(held.reply);
+                let reused = (as_f64(cached) - as_f64(from_prompt)).max(0.0) / as_f64(held.reply);
                 live.reply_reuse.blend(reused.clamp(0.0, 1.0), 0.2);
             }
         }
@@ -480,13 +480,12 @@ impl RequestGuard {
         );
         let mut kept = None;
         if let Some(predicted) = ticket.predicted_cached {
-            let error = (f(predicted) - f(cached)) / block_tokens;
+            let error = (as_f64(predicted) - as_f64(cached)) / block_tokens;
             live.counters.observe_cache_prediction(error.abs());
             let mut model = shared.cache.lock();
             if error > 1.0 {
                 // The node had evicted part of what the model believed.
-                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                let blocks = (f(cached) / block_tokens).floor() as usize;
+                let blocks = (as_f64(cached) / block_tokens).floor() as usize;
                 kept = Some(blocks.min(ticket.chain.len()));
                 model.feedback(ticket.slot, false);
             } else if predicted > 0 {

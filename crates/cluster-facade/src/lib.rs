@@ -76,7 +76,7 @@ pub use error::FacadeError;
 pub use events::ClusterEvent;
 pub use guard::{FailureKind, NodeTarget, RequestGuard, RequestOutcome, Selection};
 pub use layered::{RUNTIME_ORIGIN, TAG_RUNTIME};
-pub use params::{CostParams, RouterParams, StrategyKind};
+pub use params::{CostParams, RouterParams};
 pub use prefill_gate::TAG_PREFILL_CONCURRENCY;
 pub use published::{
     LlamaSlot, PublishedMetrics, SlotSummary, SlotsError, parse_metrics, parse_slots,

@@ -186,7 +186,6 @@ impl NodeLive {
     /// The peak-EWMA time-to-first-token estimate now, nanoseconds.
     pub(crate) fn latency_estimate_ns(&self) -> f64 {
         let pending = self.in_flight();
-        #[allow(clippy::cast_precision_loss)]
         let div = (pending + 1) as f64;
         self.counters.load_cost() / div
     }

@@ -6,56 +6,6 @@ use cluster_types::{ClusterConfig, LoadBalanceStrategy};
 
 use crate::cache_model::CacheModelParams;
 
-/// Which selection algorithm the router runs.
-///
-/// The five configurable strategies map one-to-one to
-/// [`LoadBalanceStrategy`]. Default: [`StrategyKind::CacheAware`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[non_exhaustive]
-pub enum StrategyKind {
-    /// Smooth weighted round-robin over the routable nodes.
-    RoundRobin,
-    /// Fewest requests in flight per unit of weight, then lowest latency.
-    LeastLoaded,
-    /// Power of two random choices over tower's peak-EWMA cost
-    /// (`latency-based`).
-    PowerOfTwoChoices,
-    /// The seeds' cache-aware score (`cache-score`), the baseline.
-    CacheScore,
-    /// Ours (`cache-aware`): minimise estimated time to first token using the
-    /// prefix-block cache model.
-    #[default]
-    CacheAware,
-}
-
-impl StrategyKind {
-    /// Short name used in tables and logs (`"round-robin"`, `"least-loaded"`,
-    /// `"p2c-peak-ewma"`, `"cache-score"`, `"cache-aware"`).
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::RoundRobin => "round-robin",
-            Self::LeastLoaded => "least-loaded",
-            Self::PowerOfTwoChoices => "p2c-peak-ewma",
-            Self::CacheScore => "cache-score",
-            Self::CacheAware => "cache-aware",
-        }
-    }
-}
-
-impl From<LoadBalanceStrategy> for StrategyKind {
-    fn from(s: LoadBalanceStrategy) -> Self {
-        match s {
-            LoadBalanceStrategy::RoundRobin => Self::RoundRobin,
-            LoadBalanceStrategy::LeastLoaded => Self::LeastLoaded,
-            LoadBalanceStrategy::LatencyBased => Self::PowerOfTwoChoices,
-            LoadBalanceStrategy::CacheScore => Self::CacheScore,
-            // CacheAware and any strategy added later.
-            _ => Self::CacheAware,
-        }
-    }
-}
-
 /// The cost model of the cache-aware strategy (see `docs/routing.md`):
 ///
 /// ```text
@@ -148,9 +98,9 @@ impl Default for CostParams {
 /// the config does not carry keep the defaults given per field.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouterParams {
-    /// Selection algorithm. Default [`StrategyKind::CacheAware`]
+    /// Selection algorithm. Default [`LoadBalanceStrategy::CacheAware`]
     /// (`routing.strategy`).
-    pub strategy: StrategyKind,
+    pub strategy: LoadBalanceStrategy,
     /// Whether requests with a session id stick to the node that served the
     /// session (hard for round-robin / least-loaded / p2c / cache-score; a
     /// tie-break preference for cache-aware, whose cache model already keeps
@@ -199,7 +149,7 @@ pub struct RouterParams {
 impl Default for RouterParams {
     fn default() -> Self {
         Self {
-            strategy: StrategyKind::default(),
+            strategy: LoadBalanceStrategy::default(),
             sticky_sessions: true,
             session_ttl: Duration::from_secs(30 * 60),
             max_sessions: 100_000,
@@ -225,7 +175,7 @@ impl RouterParams {
     pub fn from_config(config: &ClusterConfig) -> Self {
         let d = Self::default();
         Self {
-            strategy: config.routing.strategy.into(),
+            strategy: config.routing.strategy,
             session_ttl: config.routing.session_ttl,
             max_sessions: config.routing.max_sessions,
             sticky_sessions: config.routing.sticky_sessions,
@@ -245,7 +195,7 @@ impl RouterParams {
 
     /// The same parameters with another strategy.
     #[must_use]
-    pub fn with_strategy(mut self, strategy: StrategyKind) -> Self {
+    pub fn with_strategy(mut self, strategy: LoadBalanceStrategy) -> Self {
         self.strategy = strategy;
         self
     }
@@ -261,19 +211,17 @@ mod tests {
         c.routing.strategy = LoadBalanceStrategy::LatencyBased;
         c.cache.max_prefixes_per_node = 4;
         let p = RouterParams::from_config(&c);
-        assert_eq!(p.strategy, StrategyKind::PowerOfTwoChoices);
+        assert_eq!(p.strategy, LoadBalanceStrategy::LatencyBased);
         assert_eq!(p.cache.max_entries_per_node, 4);
         assert_eq!(
             RouterParams::from_config(&ClusterConfig::default()).strategy,
-            StrategyKind::CacheAware
+            LoadBalanceStrategy::CacheAware
         );
-        for s in LoadBalanceStrategy::ALL {
-            let k = StrategyKind::from(*s);
-            assert!(!k.as_str().is_empty());
-        }
         assert_eq!(
-            p.clone().with_strategy(StrategyKind::RoundRobin).strategy,
-            StrategyKind::RoundRobin
+            p.clone()
+                .with_strategy(LoadBalanceStrategy::RoundRobin)
+                .strategy,
+            LoadBalanceStrategy::RoundRobin
         );
     }
 }

@@ -129,7 +129,6 @@ impl Sums {
     }
 }
 
-#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 fn count(v: f64) -> u64 {
     v.round() as u64
 }
@@ -185,7 +184,6 @@ pub fn parse_metrics(text: &str) -> PublishedMetrics {
                 sums.get(Series::PromptTokens),
             )
         });
-    #[allow(clippy::cast_possible_truncation)]
     PublishedMetrics {
         running: sums.get(Series::Running).map(count),
         waiting: sums.get(Series::Waiting).map(count),

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use cluster_metrics::{SharedClock, aggregate_cluster_metrics};
 use cluster_types::{
-    ClusterMetrics, NodeCacheState, NodeId, NodeMetrics, RoutingContext, RoutingDecision,
-    RoutingReason,
+    ClusterMetrics, LoadBalanceStrategy, NodeCacheState, NodeId, NodeMetrics, RoutingContext,
+    RoutingDecision, RoutingReason,
 };
 use parking_lot::Mutex;
 use rand::SeedableRng;
@@ -21,7 +21,7 @@ use crate::cache_model::CacheModel;
 use crate::error::FacadeError;
 use crate::guard::{CacheTicket, NodeTarget, ProbeGate, RequestGuard, RequestOutcome, Selection};
 use crate::live::{AtomicF64, Epoch, NodeLive, REPORTED_QUEUE_MAX_AGE};
-use crate::params::{RouterParams, StrategyKind};
+use crate::params::RouterParams;
 use crate::prefill_gate::{PrefillGate, TAG_PREFILL_CONCURRENCY};
 use crate::snapshot::{ClusterSnapshot, NodeEntry, SnapNode};
 use crate::strategy::cache_aware::{self, Prompt, Scratch};
@@ -93,12 +93,13 @@ impl fmt::Debug for RouterShared {
 /// mutex. Cloning is cheap (one `Arc`).
 ///
 /// ```
-/// use cluster_facade::{NodeEntry, RequestOutcome, Router, RouterParams, StrategyKind};
+/// use cluster_facade::{NodeEntry, RequestOutcome, Router, RouterParams};
+/// use cluster_types::LoadBalanceStrategy;
 /// use cluster_metrics::ManualClock;
 /// use cluster_types::{NodeSpec, NodeStatus, RoutingContext};
 ///
 /// let clock = ManualClock::new();
-/// let router = Router::new(RouterParams::default().with_strategy(StrategyKind::RoundRobin), clock.shared());
+/// let router = Router::new(RouterParams::default().with_strategy(LoadBalanceStrategy::RoundRobin), clock.shared());
 /// router.publish(vec![
 ///     NodeEntry::new(NodeSpec::new("a", "http://127.0.0.1:8081"), NodeStatus::Healthy),
 ///     NodeEntry::new(NodeSpec::new("b", "http://127.0.0.1:8082"), NodeStatus::Healthy),
@@ -275,7 +276,7 @@ impl Router {
             params.cost.bytes_per_token,
             now.checked_sub(params.cost.active_window).unwrap_or(now),
         );
-        let cache_aware = strategy == StrategyKind::CacheAware;
+        let cache_aware = strategy == LoadBalanceStrategy::CacheAware;
 
         // Cache-aware strategies decide and insert under one model lock.
         // The classic strategies neither read nor maintain the cache model.
@@ -293,13 +294,13 @@ impl Router {
                     return Some(Pick::new(p, RoutingReason::SessionAffinity, 1.0));
                 }
                 match strategy {
-                    StrategyKind::RoundRobin => shared.rr.choose(c),
-                    StrategyKind::LeastLoaded => shared.ll.choose(c),
-                    StrategyKind::PowerOfTwoChoices => p2c::choose(c, &mut *shared.rng.lock()),
-                    StrategyKind::CacheScore => {
+                    LoadBalanceStrategy::RoundRobin => shared.rr.choose(c),
+                    LoadBalanceStrategy::LeastLoaded => shared.ll.choose(c),
+                    LoadBalanceStrategy::LatencyBased => p2c::choose(c, &mut *shared.rng.lock()),
+                    LoadBalanceStrategy::CacheScore => {
                         shared.score.choose(c, ctx, now, shared.epoch, params)
                     }
-                    _ => {
+                    LoadBalanceStrategy::CacheAware => {
                         let model = model_guard.as_deref()?;
                         if params.consistent_replicas {
                             let max_age = u64::try_from(REPORTED_QUEUE_MAX_AGE.as_nanos())

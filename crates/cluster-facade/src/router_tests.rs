@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use cluster_metrics::{Clock, ManualClock};
 use cluster_types::{
-    NodeId, NodeSpec, NodeStatus, PrefixFingerprint, RoutingContext, RoutingReason, SegmentKind,
+    LoadBalanceStrategy, NodeId, NodeSpec, NodeStatus, PrefixFingerprint, RoutingContext,
+    RoutingReason, SegmentKind,
 };
 use parking_lot::Mutex;
 
 use crate::guard::{FailureKind, RequestOutcome};
-use crate::params::{RouterParams, StrategyKind};
+use crate::params::RouterParams;
 use crate::router::{OutcomeObserver, Router};
 use crate::snapshot::NodeEntry;
 
@@ -25,7 +26,7 @@ fn nodes(ids: &[&str]) -> Vec<NodeEntry> {
         .collect()
 }
 
-fn router(strategy: StrategyKind, ids: &[&str]) -> (ManualClock, Router) {
+fn router(strategy: LoadBalanceStrategy, ids: &[&str]) -> (ManualClock, Router) {
     let clock = ManualClock::new();
     let r = Router::new(
         RouterParams::default().with_strategy(strategy),
@@ -50,7 +51,7 @@ fn prompt(system: &str, user: &str) -> RoutingContext {
 
 #[test]
 fn guard_counts_in_flight_and_drop_is_cancelled() {
-    let (_clock, r) = router(StrategyKind::RoundRobin, &["a"]);
+    let (_clock, r) = router(LoadBalanceStrategy::RoundRobin, &["a"]);
     let a = NodeId::from("a");
     let s = r.select(&RoutingContext::default()).unwrap();
     assert_eq!(s.decision.node_id, a);
@@ -106,11 +107,11 @@ fn no_routable_node_lists_statuses() {
 #[test]
 fn retries_skip_excluded_nodes() {
     for strategy in [
-        StrategyKind::RoundRobin,
-        StrategyKind::LeastLoaded,
-        StrategyKind::PowerOfTwoChoices,
-        StrategyKind::CacheScore,
-        StrategyKind::CacheAware,
+        LoadBalanceStrategy::RoundRobin,
+        LoadBalanceStrategy::LeastLoaded,
+        LoadBalanceStrategy::LatencyBased,
+        LoadBalanceStrategy::CacheScore,
+        LoadBalanceStrategy::CacheAware,
     ] {
         let (_c, r) = router(strategy, &["a", "b", "c"]);
         let mut ctx = prompt("sys", "q");
@@ -130,7 +131,7 @@ fn retries_skip_excluded_nodes() {
 
 #[test]
 fn overload_skips_node_until_retry_after() {
-    let (clock, r) = router(StrategyKind::RoundRobin, &["a", "b"]);
+    let (clock, r) = router(LoadBalanceStrategy::RoundRobin, &["a", "b"]);
     let s = r.select(&RoutingContext::default()).unwrap();
     let busy = s.decision.node_id.clone();
     s.guard.finish(RequestOutcome::Overloaded {
@@ -180,7 +181,7 @@ impl OutcomeObserver for Recorder {
 
 #[test]
 fn outcomes_reach_the_observer_and_the_success_window() {
-    let (_c, r) = router(StrategyKind::RoundRobin, &["a"]);
+    let (_c, r) = router(LoadBalanceStrategy::RoundRobin, &["a"]);
     let rec = Arc::new(Recorder::default());
     r.set_observer(rec.clone());
     let s = r.select(&RoutingContext::default()).unwrap();
@@ -199,7 +200,7 @@ fn outcomes_reach_the_observer_and_the_success_window() {
 
 #[test]
 fn sticky_sessions_for_classic_strategies() {
-    let (clock, r) = router(StrategyKind::RoundRobin, &["a", "b", "c"]);
+    let (clock, r) = router(LoadBalanceStrategy::RoundRobin, &["a", "b", "c"]);
     let ctx = RoutingContext {
         session_id: Some("s1".into()),
         ..RoutingContext::default()
@@ -232,7 +233,7 @@ fn sticky_sessions_for_classic_strategies() {
 
 #[test]
 fn cache_aware_follows_the_prefix_and_learns_from_feedback() {
-    let (clock, r) = router(StrategyKind::CacheAware, &["a", "b", "c", "d"]);
+    let (clock, r) = router(LoadBalanceStrategy::CacheAware, &["a", "b", "c", "d"]);
     let sys = "You are a careful agent with many tools. ".repeat(500); // ~20 KB
     let t1 = prompt(&sys, "first question");
     let s1 = r.select(&t1).unwrap();
@@ -270,7 +271,7 @@ fn cache_aware_follows_the_prefix_and_learns_from_feedback() {
 
 #[test]
 fn correction_drops_blocks_the_node_lost() {
-    let (_clock, r) = router(StrategyKind::CacheAware, &["a"]);
+    let (_clock, r) = router(LoadBalanceStrategy::CacheAware, &["a"]);
     let sys = "S".repeat(20_000);
     let conv1 = prompt(&sys, &"first conversation ".repeat(100));
     r.select(&conv1)
@@ -294,7 +295,7 @@ fn correction_drops_blocks_the_node_lost() {
 
 #[test]
 fn failures_and_early_cancels_roll_back_the_optimistic_insert() {
-    let (clock, r) = router(StrategyKind::CacheAware, &["a"]);
+    let (clock, r) = router(LoadBalanceStrategy::CacheAware, &["a"]);
     let a = NodeId::from("a");
     let ctx = prompt(&"T".repeat(8_000), "q");
     r.select(&ctx)
@@ -343,7 +344,7 @@ fn half_open_probe_is_released_by_the_guard() {
 
 #[test]
 fn publish_keeps_live_state_and_drain_removes_candidates() {
-    let (_c, r) = router(StrategyKind::LeastLoaded, &["a", "b"]);
+    let (_c, r) = router(LoadBalanceStrategy::LeastLoaded, &["a", "b"]);
     let g = r.select(&RoutingContext::default()).unwrap();
     let busy = g.decision.node_id.clone();
     let gen1 = r.snapshot().generation();
@@ -386,7 +387,7 @@ fn publish_keeps_live_state_and_drain_removes_candidates() {
 
 #[test]
 fn seeds_state_is_updated_on_routing() {
-    let (_c, r) = router(StrategyKind::CacheScore, &["a", "b"]);
+    let (_c, r) = router(LoadBalanceStrategy::CacheScore, &["a", "b"]);
     let ctx = RoutingContext {
         system_prompt_hash: Some(7),
         tools_hash: Some(9),
@@ -406,7 +407,7 @@ fn seeds_state_is_updated_on_routing() {
 
 #[tokio::test(start_paused = true)]
 async fn one_prefill_per_node_until_the_first_byte() {
-    let (_clock, r) = router(StrategyKind::RoundRobin, &["a"]);
+    let (_clock, r) = router(LoadBalanceStrategy::RoundRobin, &["a"]);
     let mut first = r.select(&prompt("s", "one")).unwrap().guard;
     first.admitted(true).await;
     assert_eq!(first.gate_wait(), Some(Duration::ZERO));
@@ -438,7 +439,7 @@ async fn one_prefill_per_node_until_the_first_byte() {
 
 #[tokio::test(start_paused = true)]
 async fn a_stuck_prefill_releases_the_gate_after_its_hold_limit() {
-    let (_clock, r) = router(StrategyKind::RoundRobin, &["a"]);
+    let (_clock, r) = router(LoadBalanceStrategy::RoundRobin, &["a"]);
     let mut stuck = r.select(&prompt("s", "one")).unwrap().guard;
     stuck.admitted(true).await;
     let mut next = r.select(&prompt("s", "two")).unwrap().guard;
@@ -462,7 +463,7 @@ async fn a_stuck_prefill_releases_the_gate_after_its_hold_limit() {
 
 #[test]
 fn reports_teach_rates_token_ratio_fidelity_and_capacity() {
-    let (clock, r) = router(StrategyKind::CacheAware, &["a"]);
+    let (clock, r) = router(LoadBalanceStrategy::CacheAware, &["a"]);
     let a = NodeId::from("a");
     let sys = "You are a careful agent. ".repeat(400); // 10 KB
     let t1 = prompt(&sys, &"first task ".repeat(60));
@@ -518,7 +519,7 @@ fn reports_teach_rates_token_ratio_fidelity_and_capacity() {
 
 #[tokio::test]
 async fn non_streamed_answers_do_not_teach_the_prefill_rate() {
-    let (clock, r) = router(StrategyKind::CacheAware, &["a"]);
+    let (clock, r) = router(LoadBalanceStrategy::CacheAware, &["a"]);
     let a = NodeId::from("a");
     let mut g = r.select(&prompt(&"x".repeat(8_000), "q")).unwrap().guard;
     g.admitted(false).await;

@@ -11,8 +11,9 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
-use cluster_facade::{NodeEntry, Router, RouterParams, StrategyKind};
+use cluster_facade::{NodeEntry, Router, RouterParams};
 use cluster_gateway::gateway::{Gateway, GatewaySettings};
+use cluster_types::LoadBalanceStrategy;
 use cluster_types::{ApiKey, NodeId, NodeSpec, NodeStatus};
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -114,7 +115,7 @@ struct Harness {
 
 async fn harness(entries: Vec<NodeEntry>, tweak: impl FnOnce(&mut GatewaySettings)) -> Harness {
     let router = Router::new(
-        RouterParams::default().with_strategy(StrategyKind::RoundRobin),
+        RouterParams::default().with_strategy(LoadBalanceStrategy::RoundRobin),
         cluster_metrics::system_clock(),
     );
     router.publish(entries);

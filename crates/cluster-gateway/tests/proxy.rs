@@ -11,8 +11,9 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
-use cluster_facade::{NodeEntry, Router, RouterParams, StrategyKind};
+use cluster_facade::{NodeEntry, Router, RouterParams};
 use cluster_gateway::gateway::{Gateway, GatewaySettings};
+use cluster_types::LoadBalanceStrategy;
 use cluster_types::{ApiKey, NodeId, NodeSpec, NodeStatus};
 use futures::StreamExt;
 use tokio::net::TcpListener;
@@ -121,7 +122,7 @@ struct Harness {
 
 async fn harness(
     entries: Vec<NodeEntry>,
-    strategy: StrategyKind,
+    strategy: LoadBalanceStrategy,
     tweak: impl FnOnce(&mut GatewaySettings),
 ) -> Harness {
     let router = Router::new(
@@ -182,7 +183,7 @@ async fn non_streamed_answer_is_passed_through_and_usage_recorded() {
     let node = FakeNode::start(|_| ok_json()).await;
     let h = harness(
         vec![entry("a", &node.url(), NodeStatus::Healthy)],
-        StrategyKind::RoundRobin,
+        LoadBalanceStrategy::RoundRobin,
         |_| {},
     )
     .await;
@@ -220,7 +221,7 @@ async fn completion_tokens_reach_the_status() {
     .await;
     let h = harness(
         vec![entry("a", &node.url(), NodeStatus::Healthy)],
-        StrategyKind::RoundRobin,
+        LoadBalanceStrategy::RoundRobin,
         |_| {},
     )
     .await;
@@ -254,7 +255,7 @@ async fn node_api_key_is_sent_and_client_auth_is_not() {
     let node = FakeNode::start(|_| ok_json()).await;
     let mut e = entry("a", &node.url(), NodeStatus::Healthy);
     e.spec.api_key = Some(ApiKey::new("node-secret"));
-    let h = harness(vec![e], StrategyKind::RoundRobin, |_| {}).await;
+    let h = harness(vec![e], LoadBalanceStrategy::RoundRobin, |_| {}).await;
     let r = h
         .client
         .post(format!("{}/v1/chat/completions", h.base))
@@ -307,7 +308,7 @@ async fn stream_chunks_reach_the_client_before_the_node_finishes() {
     .await;
     let h = harness(
         vec![entry("a", &node.url(), NodeStatus::Healthy)],
-        StrategyKind::RoundRobin,
+        LoadBalanceStrategy::RoundRobin,
         |_| {},
     )
     .await;
@@ -347,7 +348,7 @@ async fn overloaded_and_failing_nodes_are_retried_elsewhere() {
             // Degraded: tried only once every healthy node was.
             entry("d-good", &good.url(), NodeStatus::Degraded),
         ],
-        StrategyKind::RoundRobin,
+        LoadBalanceStrategy::RoundRobin,
         |s| s.max_retries = 3,
     )
     .await;
@@ -373,7 +374,7 @@ async fn retries_are_bounded_and_the_last_answer_is_passed_through() {
             entry("b", &b.url(), NodeStatus::Healthy),
             entry("c", &c.url(), NodeStatus::Degraded),
         ],
-        StrategyKind::RoundRobin,
+        LoadBalanceStrategy::RoundRobin,
         |s| s.max_retries = 1,
     )
     .await;
@@ -390,7 +391,7 @@ async fn a_single_failing_node_is_never_tried_twice() {
     let a = FakeNode::start(|_| status(502, None)).await;
     let h = harness(
         vec![entry("a", &a.url(), NodeStatus::Healthy)],
-        StrategyKind::CacheAware,
+        LoadBalanceStrategy::CacheAware,
         |s| s.max_retries = 5,
     )
     .await;
@@ -406,7 +407,7 @@ async fn connect_failures_only_give_an_openai_error() {
             entry("x", &closed_port_url(), NodeStatus::Healthy),
             entry("y", &closed_port_url(), NodeStatus::Healthy),
         ],
-        StrategyKind::RoundRobin,
+        LoadBalanceStrategy::RoundRobin,
         |_| {},
     )
     .await;
@@ -427,7 +428,7 @@ async fn no_routable_node_is_a_503_listing_node_states() {
             entry("a", "http://127.0.0.1:9", NodeStatus::Unhealthy),
             entry("b", "http://127.0.0.1:9", NodeStatus::Offline),
         ],
-        StrategyKind::CacheAware,
+        LoadBalanceStrategy::CacheAware,
         |_| {},
     )
     .await;
@@ -473,7 +474,7 @@ async fn failure_mid_stream_ends_with_an_sse_error_event() {
     .await;
     let h = harness(
         vec![entry("a", &node.url(), NodeStatus::Healthy)],
-        StrategyKind::RoundRobin,
+        LoadBalanceStrategy::RoundRobin,
         |_| {},
     )
     .await;
@@ -506,7 +507,7 @@ async fn request_timeout_ends_an_endless_stream() {
     .await;
     let h = harness(
         vec![entry("a", &node.url(), NodeStatus::Healthy)],
-        StrategyKind::RoundRobin,
+        LoadBalanceStrategy::RoundRobin,
         |s| s.request_timeout = Some(Duration::from_millis(300)),
     )
     .await;
@@ -536,7 +537,7 @@ async fn stream_closed_without_done_is_reported_as_an_error() {
     .await;
     let h = harness(
         vec![entry("a", &node.url(), NodeStatus::Healthy)],
-        StrategyKind::RoundRobin,
+        LoadBalanceStrategy::RoundRobin,
         |_| {},
     )
     .await;
@@ -572,7 +573,7 @@ async fn client_disconnect_cancels_the_upstream_stream() {
     .await;
     let h = harness(
         vec![entry("a", &node.url(), NodeStatus::Healthy)],
-        StrategyKind::RoundRobin,
+        LoadBalanceStrategy::RoundRobin,
         |_| {},
     )
     .await;
@@ -593,7 +594,7 @@ async fn body_limit_and_bad_json_are_client_errors() {
     let node = FakeNode::start(|_| ok_json()).await;
     let h = harness(
         vec![entry("a", &node.url(), NodeStatus::Healthy)],
-        StrategyKind::RoundRobin,
+        LoadBalanceStrategy::RoundRobin,
         |s| s.max_body_bytes = 1024,
     )
     .await;
@@ -632,7 +633,7 @@ async fn admin_needs_the_token_and_drain_takes_a_node_out() {
             entry("a", &a.url(), NodeStatus::Healthy),
             entry("b", &b.url(), NodeStatus::Healthy),
         ],
-        StrategyKind::RoundRobin,
+        LoadBalanceStrategy::RoundRobin,
         |s| s.admin_token = Some(ApiKey::new("t0ken")),
     )
     .await;
@@ -689,7 +690,7 @@ async fn admin_needs_the_token_and_drain_takes_a_node_out() {
 
 #[tokio::test]
 async fn admin_without_a_configured_token_is_disabled() {
-    let h = harness(vec![], StrategyKind::RoundRobin, |_| {}).await;
+    let h = harness(vec![], LoadBalanceStrategy::RoundRobin, |_| {}).await;
     let r = h
         .client
         .post(format!("{}/admin/discovery/refresh", h.base))
@@ -709,7 +710,7 @@ async fn ops_endpoints() {
     other.models = vec!["z".into(), "m".into()];
     let h = harness(
         vec![entry("a", &node.url(), NodeStatus::Healthy), other],
-        StrategyKind::RoundRobin,
+        LoadBalanceStrategy::RoundRobin,
         |_| {},
     )
     .await;

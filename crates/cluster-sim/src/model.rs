@@ -162,8 +162,8 @@ pub struct CostModel {
     pub request_overhead_seconds: f64,
 }
 
-#[allow(clippy::cast_precision_loss)]
-fn f(x: usize) -> f64 {
+/// A token count as a float (exact below 2^53).
+fn as_f64(x: usize) -> f64 {
     x as f64
 }
 
@@ -175,7 +175,7 @@ impl CostModel {
         if to <= from {
             return 0.0;
         }
-        let (a, b) = (f(from), f(to));
+        let (a, b) = (as_f64(from), as_f64(to));
         let mut work = b - a;
         if self.prefill_context_halving_tokens > 0.0 {
             work += (b * b - a * a) / (2.0 * self.prefill_context_halving_tokens);
@@ -189,7 +189,7 @@ impl CostModel {
         if tokens == 0 {
             return 0.0;
         }
-        let (c, k) = (f(context), f(tokens));
+        let (c, k) = (as_f64(context), as_f64(tokens));
         let mut work = k;
         if self.decode_context_halving_tokens > 0.0 {
             work += (k * c + k * (k - 1.0) / 2.0) / self.decode_context_halving_tokens;

@@ -491,7 +491,6 @@ impl NodeMetrics {
     }
 }
 
-#[allow(clippy::cast_precision_loss)]
 pub(crate) fn ratio(num: u64, den: u64) -> f64 {
     if den == 0 {
         0.0

@@ -11,14 +11,17 @@ use crate::node::{NodeId, UnknownVariant, string_enum};
 /// How requests are spread over nodes. Serialized kebab-case.
 /// Default: [`LoadBalanceStrategy::CacheAware`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+///
+/// Exhaustive on purpose: the router matches every strategy, so a new one
+/// cannot fall through to another's behaviour.
 #[serde(rename_all = "kebab-case")]
-#[non_exhaustive]
 pub enum LoadBalanceStrategy {
     /// `"round-robin"`: each routable node in turn.
     RoundRobin,
     /// `"least-loaded"`: fewest requests in flight (weighted).
     LeastLoaded,
-    /// `"latency-based"`: peak-EWMA latency, power of two choices.
+    /// `"latency-based"`: power of two random choices over tower's peak-EWMA
+    /// cost (`ttft_estimate × (in_flight + 1) / weight`).
     LatencyBased,
     /// `"cache-aware"`: longest cached prefix of blocks on a node, balanced
     /// against the work queued there; sticky sessions on top.

@@ -10,7 +10,7 @@ use cluster_types::{
 };
 
 use super::tests::{Script, config, settle, specs};
-use crate::{Cluster, FacadeError, StrategyKind, TAG_RUNTIME};
+use crate::{Cluster, FacadeError, TAG_RUNTIME};
 
 async fn start(ids: &[&str]) -> Cluster {
     Cluster::builder(config(ids))
@@ -54,7 +54,10 @@ async fn reload_changes_the_node_list_and_routing_without_touching_the_rest() {
     assert_eq!(report.lost, [NodeId::from("a")]);
     settle().await;
     assert_eq!(ids(&cluster), ["b", "c"]);
-    assert_eq!(cluster.router().params().strategy, StrategyKind::RoundRobin);
+    assert_eq!(
+        cluster.router().params().strategy,
+        LoadBalanceStrategy::RoundRobin
+    );
     assert_eq!(
         cluster.config().routing.strategy,
         LoadBalanceStrategy::RoundRobin

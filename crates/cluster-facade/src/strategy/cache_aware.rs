@@ -58,7 +58,7 @@ use std::sync::atomic::Ordering;
 use cluster_types::fingerprint::xxh64;
 use cluster_types::{RoutingContext, RoutingReason};
 
-use super::{Candidates, Pick, f, margin};
+use super::{Candidates, Pick, as_f64, margin};
 use crate::cache_model::CacheModel;
 use crate::params::CostParams;
 use crate::snapshot::SnapNode;
@@ -91,9 +91,9 @@ impl<'a> Prompt<'a> {
         let fp = &ctx.fingerprint;
         let bytes = fp.total_bytes().max(1);
         let fallback_tpb = if ctx.prompt_tokens_estimate > 0 {
-            f(u64::from(ctx.prompt_tokens_estimate)) / f(bytes)
+            as_f64(u64::from(ctx.prompt_tokens_estimate)) / as_f64(bytes)
         } else {
-            1.0 / f(bytes_per_token.max(1))
+            1.0 / as_f64(bytes_per_token.max(1))
         };
         Self {
             ctx,
@@ -118,7 +118,7 @@ impl<'a> Prompt<'a> {
 
     /// The prompt's tokens on `node` (≥ 1).
     pub(crate) fn tokens(&self, node: &SnapNode) -> u64 {
-        to_tokens(f(self.bytes) * self.tpb(node)).max(1)
+        to_tokens(as_f64(self.bytes) * self.tpb(node)).max(1)
     }
 
     /// Tokens of the first `blocks` full blocks on `node`.
@@ -126,7 +126,7 @@ impl<'a> Prompt<'a> {
         let bytes = (blocks as u64)
             .saturating_mul(self.block_bytes)
             .min(self.bytes);
-        to_tokens(f(bytes) * self.tpb(node))
+        to_tokens(as_f64(bytes) * self.tpb(node))
     }
 
     /// Rendezvous key: the hash of the block `k` blocks past `from`.
@@ -144,7 +144,6 @@ impl<'a> Prompt<'a> {
     }
 }
 
-#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 fn to_tokens(x: f64) -> u64 {
     if x.is_finite() && x > 0.0 {
         x.round() as u64
@@ -170,12 +169,12 @@ pub(crate) fn predicted_cached(
     let cached = match model.held(node.live.cache_slot, prompt.chain, matched) {
         Some(held) => {
             let reuse = node.live.reply_reuse.load().clamp(0.0, 1.0);
-            (held.tokens - held.reply) + to_tokens(f(held.reply) * reuse)
+            (held.tokens - held.reply) + to_tokens(as_f64(held.reply) * reuse)
         }
         None => {
             // The common text runs on into the next block: half a block on
             // average.
-            let half = to_tokens(f(prompt.block_bytes) * prompt.tpb(node) / 2.0);
+            let half = to_tokens(as_f64(prompt.block_bytes) * prompt.tpb(node) / 2.0);
             prompt.tokens_of_blocks(node, matched) + half
         }
     };
@@ -223,11 +222,10 @@ pub(crate) fn choose_consistent(
             let node = c.node(k);
             // A uniform draw in (0, 1) from the hash; score w / -ln(u).
             let h = rendezvous(key, node.id_hash);
-            #[allow(clippy::cast_precision_loss)]
             let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
             let w = u64::from(node.weight);
             let reported = node.live.reported_queue.fresh(c.now_enc, max_report_age_ns);
-            (f(w) / -u.ln(), c.index(k), reported, w)
+            (as_f64(w) / -u.ln(), c.index(k), reported, w)
         })
         .collect();
     order.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -236,9 +234,10 @@ pub(crate) fn choose_consistent(
     if order.iter().all(|o| o.2.is_some()) {
         let queued: u64 = order.iter().filter_map(|o| o.2).sum();
         let weight: u64 = order.iter().map(|o| o.3).sum();
-        let per_weight = f(queued) / f(weight.max(1));
+        let per_weight = as_f64(queued) / as_f64(weight.max(1));
         if let Some(o) = order.iter().find(|o| {
-            f(o.2.unwrap_or(0)) <= (1.0 + CONSISTENT_LOAD_SLACK) * per_weight * f(o.3) + 1.0
+            as_f64(o.2.unwrap_or(0))
+                <= (1.0 + CONSISTENT_LOAD_SLACK) * per_weight * as_f64(o.3) + 1.0
         }) {
             index = o.1;
         }
@@ -254,7 +253,7 @@ pub(crate) fn choose_consistent(
         } else {
             RoutingReason::Rendezvous
         },
-        confidence: 1.0 / f(n.max(1) as u64),
+        confidence: 1.0 / as_f64(n.max(1) as u64),
         cached_blocks: matched,
         uncached_tokens: total.saturating_sub(cached),
         predicted_cached: Some(cached),
@@ -277,7 +276,7 @@ pub(crate) fn rate(node: &SnapNode, cost: &CostParams) -> f64 {
     if learned > 0.0 {
         learned
     } else {
-        cost.default_prefill_tokens_per_second.max(1e-3) * f(u64::from(node.weight))
+        cost.default_prefill_tokens_per_second.max(1e-3) * as_f64(u64::from(node.weight))
     }
 }
 
@@ -300,12 +299,12 @@ pub(crate) struct Work {
 
 /// The cost in seconds of sending the request to `node` (module docs).
 pub(crate) fn estimate(node: &SnapNode, work: Work, cost: &CostParams) -> f64 {
-    let queued = f(node.live.outstanding_prefill.load(Ordering::Relaxed));
+    let queued = as_f64(node.live.outstanding_prefill.load(Ordering::Relaxed));
     let tokens = queued
-        + f(work.uncached)
-        + cost.work_penalty.max(0.0) * f(work.private)
-        + cost.eviction_penalty.max(0.0) * f(work.evicted)
-        + cost.balance.max(0.0) * f(work.active as u64) * work.warm_turn.max(0.0);
+        + as_f64(work.uncached)
+        + cost.work_penalty.max(0.0) * as_f64(work.private)
+        + cost.eviction_penalty.max(0.0) * as_f64(work.evicted)
+        + cost.balance.max(0.0) * as_f64(work.active as u64) * work.warm_turn.max(0.0);
     tokens / rate(node, cost)
 }
 
@@ -459,8 +458,10 @@ pub(crate) fn choose(
     let (w, reason) = winner;
     let total = w.cached + w.uncached;
     let confidence = match reason {
-        RoutingReason::CacheHit | RoutingReason::SessionAffinity => f(w.cached) / f(total.max(1)),
-        RoutingReason::Rendezvous => 1.0 / f(n_tied as u64),
+        RoutingReason::CacheHit | RoutingReason::SessionAffinity => {
+            as_f64(w.cached) / as_f64(total.max(1))
+        }
+        RoutingReason::Rendezvous => 1.0 / as_f64(n_tied as u64),
         _ => {
             let second = evals
                 .iter()

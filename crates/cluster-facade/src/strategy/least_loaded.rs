@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cluster_types::RoutingReason;
 
-use super::{Candidates, Pick, f, margin};
+use super::{Candidates, Pick, as_f64, margin};
 use crate::live::REPORTED_QUEUE_MAX_AGE;
 
 /// Least-loaded state: the rotating start.
@@ -47,7 +47,7 @@ impl LeastLoaded {
                 .reported_queue
                 .fresh(c.now_enc, max_age)
                 .map_or(node.live.in_flight(), |r| r.max(node.live.in_flight()));
-            let load = (f(requests) + 1.0) / f(u64::from(node.weight));
+            let load = (as_f64(requests) + 1.0) / as_f64(u64::from(node.weight));
             let lat = node.live.latency_ns.load();
             match best {
                 Some((_, bl, blat)) if load > bl || (load == bl && lat >= blat) => {

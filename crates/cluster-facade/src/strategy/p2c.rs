@@ -11,11 +11,11 @@
 use cluster_types::RoutingReason;
 use rand::Rng;
 
-use super::{Candidates, Pick, f, margin};
+use super::{Candidates, Pick, as_f64, margin};
 
 fn cost(c: &Candidates<'_>, k: usize) -> f64 {
     let node = c.node(k);
-    node.live.counters.load_cost() / f(u64::from(node.weight))
+    node.live.counters.load_cost() / as_f64(u64::from(node.weight))
 }
 
 /// Picks the cheaper of two random usable candidates.

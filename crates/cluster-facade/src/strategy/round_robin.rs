@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use cluster_types::RoutingReason;
 use parking_lot::Mutex;
 
-use super::{Candidates, Pick, f};
+use super::{Candidates, Pick, as_f64};
 
 /// Round-robin state shared by all requests.
 #[derive(Debug, Default)]
@@ -28,7 +28,6 @@ impl RoundRobin {
         if n == 0 {
             return None;
         }
-        #[allow(clippy::cast_precision_loss)]
         let confidence = 1.0 / n as f64;
         if c.snap.equal_weights {
             let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
@@ -54,7 +53,7 @@ impl RoundRobin {
                 .live
                 .swrr_current
                 .fetch_sub(total, Ordering::Relaxed);
-            let share = f(u64::from(c.node(k).weight)) / f(total.unsigned_abs());
+            let share = as_f64(u64::from(c.node(k).weight)) / as_f64(total.unsigned_abs());
             Some(Pick::new(c.index(k), RoutingReason::RoundRobin, share))
         }
     }

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
-use cluster_facade::{NodeEntry, Router, RouterParams, StrategyKind};
+use cluster_facade::{NodeEntry, Router, RouterParams};
 use cluster_gateway::gateway::{Gateway, GatewaySettings};
+use cluster_types::LoadBalanceStrategy;
 use cluster_types::{NodeSpec, NodeStatus};
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -23,7 +24,7 @@ pub async fn gateway(
     tweak: impl FnOnce(&mut GatewaySettings),
 ) -> (String, Arc<Gateway>) {
     let router = Router::new(
-        RouterParams::default().with_strategy(StrategyKind::RoundRobin),
+        RouterParams::default().with_strategy(LoadBalanceStrategy::RoundRobin),
         cluster_metrics::system_clock(),
     );
     let mut entry = NodeEntry::new(NodeSpec::new("n1", url), NodeStatus::Healthy);
