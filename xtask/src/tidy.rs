@@ -1,7 +1,8 @@
 //! `cargo xtask tidy`: the repository's own conventions, checked.
 //!
 //! - every member inherits the workspace lints and package fields;
-//! - library crates depend strictly downward (DESIGN.md's layer order), and
+//! - library crates depend strictly downward (the layer order of
+//!   `docs/architecture.md`), and
 //!   only the gateway may depend on cluster-sim outside dev-dependencies;
 //! - every crate has crate-level docs;
 //! - no stub macros (`todo`, `unimplemented`) and no ignored tests in the sources;

@@ -75,7 +75,6 @@ where
     }
     m.count_statuses(statuses);
     m.cache_hit_ratio = ratio(m.cached_tokens_total, m.prompt_tokens_total);
-    #[allow(clippy::cast_precision_loss)]
     {
         m.avg_latency_ms = (latency_count > 0).then(|| millis(latency_sum) / latency_count as f64);
         m.avg_ttft_ms = (ttft_count > 0).then(|| millis(ttft_sum) / ttft_count as f64);
@@ -83,7 +82,6 @@ where
     m
 }
 
-#[allow(clippy::cast_precision_loss)]
 fn ratio(num: u64, den: u64) -> f64 {
     if den == 0 {
         0.0

@@ -271,7 +271,6 @@ impl NodeCountersSnapshot {
     }
 }
 
-#[allow(clippy::cast_precision_loss)]
 fn ratio(num: u64, den: u64) -> f64 {
     if den == 0 {
         0.0

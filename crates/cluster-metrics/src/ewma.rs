@@ -78,9 +78,7 @@ pub const DEFAULT_INITIAL_ESTIMATE: Duration = Duration::from_secs(1);
 fn nanos(d: Duration) -> f64 {
     // Durations beyond f64's exact integer range (~104 days) lose precision,
     // which is irrelevant for latencies.
-    #[allow(clippy::cast_precision_loss)]
-    let n = d.as_nanos() as f64;
-    n
+    d.as_nanos() as f64
 }
 
 fn duration_from_nanos(ns: f64) -> Duration {

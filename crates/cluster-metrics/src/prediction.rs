@@ -57,7 +57,6 @@ impl PredictionSnapshot {
     /// `within_one_block / count`; `None` before the first prediction.
     #[must_use]
     pub fn within_one_block_ratio(&self) -> Option<f64> {
-        #[allow(clippy::cast_precision_loss)]
         (self.count > 0).then(|| self.within_one_block as f64 / self.count as f64)
     }
 }
@@ -74,7 +73,6 @@ impl PredictionHistogram {
         };
         let idx = PREDICTION_ERROR_BUCKETS.partition_point(|&b| b < e);
         self.buckets[idx].fetch_add(1, Ordering::Relaxed);
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let milli = (e * 1000.0).min(1e15) as u64;
         self.sum_milli.fetch_add(milli, Ordering::Relaxed);
     }
@@ -86,7 +84,6 @@ impl PredictionHistogram {
         for (b, a) in buckets.iter_mut().zip(&self.buckets) {
             *b = a.load(Ordering::Relaxed);
         }
-        #[allow(clippy::cast_precision_loss)]
         let sum_blocks = self.sum_milli.load(Ordering::Relaxed) as f64 / 1000.0;
         PredictionSnapshot {
             count: buckets.iter().sum(),

@@ -259,7 +259,7 @@ impl RollingWindow {
             let avg = latency_sum_ns / u128::from(latency_count);
             Duration::from_nanos(u64::try_from(avg).unwrap_or(u64::MAX))
         });
-        #[allow(clippy::cast_precision_loss)] // counts are at most max_samples
+        // counts are at most max_samples
         let success_rate = successes as f64 / total as f64;
         WindowSnapshot {
             success_rate,

@@ -38,7 +38,6 @@ fn escape(value: &str) -> String {
 }
 
 /// Renders the exposition text.
-#[allow(clippy::cast_precision_loss)]
 pub(crate) fn render(m: &MetricsInput<'_>) -> String {
     let labels = format!(
         "node=\"{}\",model_name=\"{}\"",

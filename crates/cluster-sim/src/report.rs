@@ -77,15 +77,9 @@ impl Percentiles {
         let mut v = values.to_vec();
         v.sort_by(f64::total_cmp);
         let rank = |p: f64| {
-            #[allow(
-                clippy::cast_possible_truncation,
-                clippy::cast_sign_loss,
-                clippy::cast_precision_loss
-            )]
             let i = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
             v[i]
         };
-        #[allow(clippy::cast_precision_loss)]
         let mean = v.iter().sum::<f64>() / v.len() as f64;
         Some(Self {
             p50: rank(0.50),
@@ -168,7 +162,6 @@ impl ReplaySummary {
         };
         let prompt_tokens: u64 = ok.iter().map(|r| r.prompt_tokens).sum();
         let cached_tokens: u64 = ok.iter().map(|r| r.cached_tokens).sum();
-        #[allow(clippy::cast_precision_loss)]
         let cache_hit_ratio = if prompt_tokens == 0 {
             0.0
         } else {
@@ -252,7 +245,6 @@ impl ReplaySummary {
             self.prompt_tokens, self.cached_tokens, self.cache_hit_ratio, self.completion_tokens
         );
         for t in &self.targets {
-            #[allow(clippy::cast_precision_loss)]
             let ratio = if t.prompt_tokens == 0 {
                 0.0
             } else {

@@ -245,7 +245,6 @@ fn log_uniform(rng: &mut StdRng, min: u32, max: u32) -> u32 {
         return min.max(1);
     }
     let x = rng.random_range(lo.ln()..=hi.ln()).exp();
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let v = x.round() as u32;
     v.clamp(min.max(1), max.max(min).max(1))
 }
@@ -316,7 +315,6 @@ impl WorkloadConfig {
         let shared: Vec<SharedPrompt> = (0..self.shared_prompts)
             .map(|_| {
                 let total = rng.random_range(self.prompt_tokens_min..=self.prompt_tokens_max);
-                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
                 let tool_total = (f64::from(total) * self.tools_fraction) as u32;
                 let tools = if tool_total == 0 {
                     0

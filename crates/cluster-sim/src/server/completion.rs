@@ -227,7 +227,6 @@ async fn serve(state: Arc<NodeState>, meta: RequestMeta, request: SimRequest) ->
                 .rejected_overload
                 .fetch_add(1, Ordering::Relaxed);
             let seconds = state.real_duration(full.retry_after).as_secs_f64().ceil();
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let seconds = seconds as u64;
             let response = error_response(StatusCode::SERVICE_UNAVAILABLE, &full.to_string());
             return with_retry_after(response, seconds);
