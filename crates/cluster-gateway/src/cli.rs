@@ -11,6 +11,7 @@ use cluster_facade::{Cluster, FacadeError};
 use cluster_types::{ClusterConfig, ClusterState, ConfigFormat};
 use http_body_util::BodyExt;
 
+#[cfg(feature = "demo")]
 use crate::demo::DemoArgs;
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, GatewaySettings};
@@ -43,7 +44,8 @@ pub enum Command {
     /// Run the gateway.
     Serve(ServeArgs),
     /// Start simulated nodes and a gateway per strategy, drive an agentic
-    /// workload through them, and compare the strategies.
+    /// workload through them, and compare the strategies (feature `demo`).
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
     /// Check a configuration file; print every problem with its path.
     CheckConfig(CheckConfigArgs),
@@ -105,6 +107,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::CheckConfig(args) => check_config(&args.file),
         Command::Serve(args) => block_on(serve(args)),
         Command::Status(args) => block_on(status(args)),
+        #[cfg(feature = "demo")]
         Command::Demo(args) => block_on(crate::demo::run(args)),
         Command::Announce(args) => block_on(crate::announce::run(args)),
     }

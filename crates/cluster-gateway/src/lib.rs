@@ -19,7 +19,8 @@
 //!   adds or removes nodes at run time;
 //! - [`auth`] checks client keys and their rate limits; [`limits`] caps
 //!   open connections (the header, body and size limits are listed there);
-//! - [`cli`], [`announce`] and [`demo`] are the command line.
+//! - [`cli`], [`announce`] and `demo` (feature `demo`, default on: it links
+//!   the simulator) are the command line.
 //!
 //! Endpoints, CLI and operations are described in `docs/gateway.md`.
 //!
@@ -56,6 +57,7 @@ pub mod backend;
 mod canonical;
 pub mod checks;
 pub mod cli;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod error;
 pub mod first_frame;
