@@ -7,9 +7,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cluster_metrics::{InFlightGuard, RequestOutcome as MetricsOutcome};
-use cluster_types::{ApiKey, NodeId, RoutingDecision};
+use cluster_types::{ApiKey, DecisionOutcome, NodeId, RoutingDecision, RoutingReason};
 
 use crate::cache_model::{Held, Inserted};
+use crate::decisions::{Completion, DecisionDraft};
 use crate::live::NodeLive;
 use crate::prefill_gate::{PrefillSlot, hold_limit};
 use crate::router::RouterShared;
@@ -206,6 +207,10 @@ pub struct RequestGuard {
     pub(crate) streamed: bool,
     pub(crate) probe: Option<ProbeClaim>,
     pub(crate) done: bool,
+    /// The decision's reason (`retry` on a later attempt).
+    pub(crate) reason: RoutingReason,
+    /// The decision record being written (`None` when the log is off).
+    pub(crate) draft: Option<DecisionDraft>,
 }
 
 impl RequestGuard {
@@ -213,6 +218,22 @@ impl RequestGuard {
     #[must_use]
     pub fn node_id(&self) -> &NodeId {
         &self.node_id
+    }
+
+    /// Why the node was chosen: [`RoutingReason::Retry`] when the request
+    /// had already been tried elsewhere (`RoutingContext::excluded` not
+    /// empty), else the strategy's reason (`Selection::decision`).
+    #[must_use]
+    pub fn reason(&self) -> RoutingReason {
+        self.reason
+    }
+
+    /// Attaches the request's W3C trace id (32 lowercase hex digits) to its
+    /// decision record. Default none.
+    pub fn set_trace_id(&mut self, trace_id: impl Into<String>) {
+        if let Some(draft) = self.draft.as_mut() {
+            draft.trace_id = Some(trace_id.into());
+        }
     }
 
     /// When the request was routed (router clock).
@@ -324,6 +345,7 @@ impl RequestGuard {
         self.release_prefill();
         let latency = now.saturating_duration_since(self.started);
         let ttft = self.time_to_first_byte();
+        let gate_wait = self.gate_wait();
         let live = Arc::clone(&self.live);
 
         // Metrics.
@@ -405,6 +427,31 @@ impl RequestGuard {
                 }
             }
         }
+        if let Some(draft) = self.draft.take() {
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            let (prompt_tokens, cached_tokens, completion_tokens) = match outcome {
+                RequestOutcome::Success {
+                    prompt_tokens,
+                    cached_tokens,
+                    completion_tokens,
+                } => (prompt_tokens, cached_tokens, completion_tokens),
+                _ => (None, None, None),
+            };
+            let end = Completion {
+                routed_at_unix_ms: shared.unix_ms(self.started),
+                reason: self.reason,
+                gate_wait_ms: gate_wait.map(ms),
+                ttft_ms: ttft.map(ms),
+                total_ms: ms(latency),
+                outcome: decision_outcome(outcome),
+                prompt_tokens,
+                cached_tokens,
+                completion_tokens,
+            };
+            shared
+                .decisions
+                .push(draft.complete(self.node_id.clone(), end));
+        }
     }
 
     fn rollback(&mut self) {
@@ -482,6 +529,9 @@ impl RequestGuard {
         if let Some(predicted) = ticket.predicted_cached {
             let error = (as_f64(predicted) - as_f64(cached)) / block_tokens;
             live.counters.observe_cache_prediction(error.abs());
+            if let Some(draft) = self.draft.as_mut() {
+                draft.prediction_error_blocks = Some(error.abs());
+            }
             let mut model = shared.cache.lock();
             if error > 1.0 {
                 // The node had evicted part of what the model believed.
@@ -498,6 +548,23 @@ impl RequestGuard {
             .cache
             .lock()
             .confirm(ticket.slot, own, &ticket.chain, kept, prompt, reply);
+    }
+}
+
+/// The record's name for how a request ended.
+fn decision_outcome(outcome: RequestOutcome) -> DecisionOutcome {
+    match outcome {
+        RequestOutcome::Success { .. } => DecisionOutcome::Success,
+        RequestOutcome::Overloaded { .. } => DecisionOutcome::Overloaded,
+        RequestOutcome::Failed { kind } => match kind {
+            FailureKind::Connect => DecisionOutcome::ConnectError,
+            FailureKind::Timeout => DecisionOutcome::Timeout,
+            FailureKind::ServerError { .. } => DecisionOutcome::ServerError,
+            FailureKind::Reset => DecisionOutcome::Reset,
+            FailureKind::InvalidResponse => DecisionOutcome::InvalidResponse,
+            FailureKind::NotServed { .. } => DecisionOutcome::NotServed,
+        },
+        RequestOutcome::ClientCancelled => DecisionOutcome::Cancelled,
     }
 }
 

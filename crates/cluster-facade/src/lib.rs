@@ -49,6 +49,9 @@ pub mod cache_model;
 mod cluster;
 mod config;
 mod coordinator;
+mod decisions;
+#[cfg(test)]
+mod decisions_tests;
 mod error;
 mod events;
 mod guard;
@@ -72,6 +75,7 @@ pub use cluster::{Cluster, ClusterBuilder, EVENT_CAPACITY, ReloadReport};
 pub use cluster_discovery::{AnnounceConfig, AnnouncerState, HttpNodeValidator, MdnsAnnouncer};
 pub use config::{load_config, load_config_with_env};
 pub use coordinator::{WARMUP_USER_MESSAGE, warmup_context};
+pub use decisions::{DecisionLog, DecisionQuery};
 pub use error::FacadeError;
 pub use events::ClusterEvent;
 pub use guard::{FailureKind, NodeTarget, RequestGuard, RequestOutcome, Selection};

@@ -144,6 +144,9 @@ pub struct RouterParams {
     /// rendezvous over the candidates), so independent gateway replicas
     /// agree (`routing.consistent_replicas`). Default false.
     pub consistent_replicas: bool,
+    /// Decision records kept (the most recent requests; 0 = none). Default
+    /// 1000 (`observability.decision_log_size`).
+    pub decision_log_size: usize,
 }
 
 impl Default for RouterParams {
@@ -164,13 +167,15 @@ impl Default for RouterParams {
             seed: 0x006d_6c78,
             prefill_concurrency: 1,
             consistent_replicas: false,
+            decision_log_size: 1000,
         }
     }
 }
 
 impl RouterParams {
-    /// Parameters from a cluster config: strategy, sessions, cache limits and
-    /// the health window; everything else default.
+    /// Parameters from a cluster config: strategy, sessions, cache limits,
+    /// the health window and the decision log's size; everything else
+    /// default.
     #[must_use]
     pub fn from_config(config: &ClusterConfig) -> Self {
         let d = Self::default();
@@ -189,6 +194,8 @@ impl RouterParams {
             },
             success_window: config.health.window,
             success_window_samples: config.health.max_samples,
+            decision_log_size: usize::try_from(config.observability.decision_log_size)
+                .unwrap_or(usize::MAX),
             ..d
         }
     }

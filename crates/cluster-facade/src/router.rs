@@ -11,13 +11,14 @@ use arc_swap::ArcSwap;
 use cluster_metrics::{SharedClock, aggregate_cluster_metrics};
 use cluster_types::{
     ClusterMetrics, LoadBalanceStrategy, NodeCacheState, NodeId, NodeMetrics, RoutingContext,
-    RoutingDecision, RoutingReason,
+    RoutingDecision, RoutingReason, RunnerUp,
 };
 use parking_lot::Mutex;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
 use crate::cache_model::CacheModel;
+use crate::decisions::{DecisionDraft, DecisionLog};
 use crate::error::FacadeError;
 use crate::guard::{CacheTicket, NodeTarget, ProbeGate, RequestGuard, RequestOutcome, Selection};
 use crate::live::{AtomicF64, Epoch, NodeLive, REPORTED_QUEUE_MAX_AGE};
@@ -29,7 +30,7 @@ use crate::strategy::cache_score::{CacheScore, enc_hash};
 use crate::strategy::least_loaded::LeastLoaded;
 use crate::strategy::round_robin::RoundRobin;
 use crate::strategy::session::SessionTable;
-use crate::strategy::{Pick, filter, p2c};
+use crate::strategy::{Pick, as_f64, filter, p2c};
 
 /// Node tag overriding `cache.max_prefixes_per_node` for one node (its
 /// `--prompt-cache-size`), e.g. `prompt_cache_entries = "4"`.
@@ -71,6 +72,24 @@ pub(crate) struct RouterShared {
     rng: Mutex<SmallRng>,
     pub(crate) observer: OnceLock<Arc<dyn OutcomeObserver>>,
     probe_gate: OnceLock<Arc<dyn ProbeGate>>,
+    pub(crate) decisions: DecisionLog,
+}
+
+impl RouterShared {
+    /// Converts a router-clock instant to unix milliseconds (through the
+    /// system clock's current offset).
+    pub(crate) fn unix_ms(&self, t: Instant) -> u64 {
+        let now = self.clock.now();
+        let sys = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let at = if t <= now {
+            sys.saturating_sub(now - t)
+        } else {
+            sys + (t - now)
+        };
+        u64::try_from(at.as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 impl fmt::Debug for RouterShared {
@@ -124,6 +143,7 @@ impl Router {
             scratch: Mutex::new(Scratch::default()),
             sessions: SessionTable::new(params.session_ttl, params.max_sessions),
             rng: Mutex::new(SmallRng::seed_from_u64(params.seed)),
+            decisions: DecisionLog::new(params.decision_log_size),
             params: ArcSwap::from_pointee(params),
             clock,
             epoch,
@@ -160,6 +180,13 @@ impl Router {
     #[must_use]
     pub fn clock(&self) -> &SharedClock {
         &self.shared.clock
+    }
+
+    /// The records of the most recent routed requests
+    /// (`RouterParams::decision_log_size`).
+    #[must_use]
+    pub fn decisions(&self) -> &DecisionLog {
+        &self.shared.decisions
     }
 
     pub(crate) fn set_observer(&self, observer: Arc<dyn OutcomeObserver>) {
@@ -385,6 +412,35 @@ impl Router {
             .fetch_add(pick.uncached_tokens, Ordering::Relaxed);
         let in_flight = live.counters.begin();
         live.routed_in_flight.fetch_add(1, Ordering::Relaxed);
+
+        // The decision: counted per reason, drafted for the log.
+        let reason = if ctx.excluded.is_empty() {
+            pick.reason
+        } else {
+            RoutingReason::Retry
+        };
+        let prompt_blocks = prompt.chain.len();
+        let match_ratio = (cache_aware && prompt_blocks > 0)
+            .then(|| as_f64(pick.cached_blocks as u64) / as_f64(prompt_blocks as u64));
+        live.counters.record_decision(reason, match_ratio);
+        let draft = shared.decisions.is_enabled().then(|| DecisionDraft {
+            strategy_reason: pick.reason,
+            confidence: pick.confidence,
+            attempt: u32::try_from(ctx.excluded.len() + 1).unwrap_or(u32::MAX),
+            candidates: pick.evaluated,
+            prompt_tokens_estimate: prompt_tokens,
+            prompt_blocks: u32::try_from(prompt_blocks).unwrap_or(u32::MAX),
+            matched_blocks: u32::try_from(pick.cached_blocks).unwrap_or(u32::MAX),
+            predicted_cached: pick.predicted_cached,
+            cost: pick.terms,
+            runner_up: pick.runner_up.map(|r| RunnerUp {
+                node: snap.node(r.index).entry.spec.id.clone(),
+                cost_seconds: r.cost,
+                predicted_cached_tokens: r.predicted_cached,
+            }),
+            prediction_error_blocks: None,
+            trace_id: None,
+        });
         let decision =
             RoutingDecision::new(node.entry.spec.id.clone(), pick.reason, pick.confidence);
         let target = NodeTarget {
@@ -408,6 +464,8 @@ impl Router {
             streamed: true,
             probe,
             done: false,
+            reason,
+            draft,
         };
         Ok(Selection {
             decision,
@@ -516,16 +574,7 @@ impl Router {
     /// Converts a router-clock instant to unix milliseconds (through the
     /// system clock's current offset).
     pub(crate) fn unix_ms(&self, t: Instant) -> u64 {
-        let now = self.shared.clock.now();
-        let sys = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let at = if t <= now {
-            sys.saturating_sub(now - t)
-        } else {
-            sys + (t - now)
-        };
-        u64::try_from(at.as_millis()).unwrap_or(u64::MAX)
+        self.shared.unix_ms(t)
     }
 
     /// The per-node counters, for Prometheus exposition.

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use crate::ewma::{PeakEwma, SharedPeakEwma};
 use crate::histogram::{HistogramSummary, LatencyHistogram};
 use crate::prediction::{PredictionHistogram, PredictionSnapshot};
+use crate::routing::{RoutingCounters, RoutingSnapshot};
 use crate::{SharedClock, system_clock};
 
 /// How a request ended.
@@ -206,6 +207,7 @@ pub struct NodeCounters {
     latency: LatencyHistogram,
     ttft_estimate: SharedPeakEwma,
     cache_prediction: PredictionHistogram,
+    routing: RoutingCounters,
 }
 
 /// A point-in-time copy of a [`NodeCounters`]. Plain data.
@@ -242,6 +244,9 @@ pub struct NodeCountersSnapshot {
     /// How far the router's predicted cached tokens were from the node's
     /// reports, in fingerprint blocks.
     pub cache_prediction: PredictionSnapshot,
+    /// Routing decisions for the node, by reason, and the matched prefix
+    /// ratio.
+    pub routing: RoutingSnapshot,
 }
 
 impl NodeCountersSnapshot {
@@ -317,6 +322,7 @@ impl NodeCounters {
             latency: LatencyHistogram::new(),
             ttft_estimate: SharedPeakEwma::new(estimator),
             cache_prediction: PredictionHistogram::default(),
+            routing: RoutingCounters::default(),
         }
     }
 
@@ -367,6 +373,12 @@ impl NodeCounters {
         self.cache_prediction.observe(error_blocks);
     }
 
+    /// Counts a routing decision for the node (see
+    /// [`RoutingCounters::record`]).
+    pub fn record_decision(&self, reason: cluster_types::RoutingReason, prefix_match: Option<f64>) {
+        self.routing.record(reason, prefix_match);
+    }
+
     /// The time-to-first-token histogram.
     #[must_use]
     pub fn ttft_histogram(&self) -> &LatencyHistogram {
@@ -403,6 +415,7 @@ impl NodeCounters {
             latency: self.latency.summary(),
             latency_estimate: self.ttft_estimate.peek(self.clock.now()),
             cache_prediction: self.cache_prediction.snapshot(),
+            routing: self.routing.snapshot(),
         }
     }
 

@@ -31,9 +31,10 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::{
-    MetricsError, NodeCounters, NodeCountersSnapshot, PREDICTION_ERROR_BUCKETS, SharedClock,
-    aggregate_cluster_metrics, system_clock,
+    MetricsError, NodeCounters, NodeCountersSnapshot, PREDICTION_ERROR_BUCKETS,
+    PREFIX_MATCH_BUCKETS, SharedClock, aggregate_cluster_metrics, system_clock,
 };
+use cluster_types::RoutingReason;
 
 /// The HTTP `Content-Type` of [`MetricsRegistry::encode`]'s output
 /// (OpenMetrics 1.0 text, which Prometheus scrapes natively).
@@ -81,6 +82,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "mlx_cluster_node_request_duration_seconds",
     "mlx_cluster_node_latency_estimate_seconds",
     "mlx_cluster_node_cache_prediction_error_blocks",
+    "mlx_cluster_routing_decisions_total",
+    ROUTING_PREFIX_MATCH,
 ];
 
 const NODES: &str = "mlx_cluster_nodes";
@@ -101,6 +104,10 @@ const NODE_DURATION: &str = "mlx_cluster_node_request_duration";
 const NODE_ESTIMATE: &str = "mlx_cluster_node_latency_estimate";
 // Unit "blocks": the encoder appends `_blocks`.
 const NODE_PREDICTION: &str = "mlx_cluster_node_cache_prediction_error";
+// Routing decisions (counter, `node` and `reason`) and the matched prefix
+// ratio (histogram, `node`).
+const ROUTING_DECISIONS: &str = "mlx_cluster_routing_decisions";
+const ROUTING_PREFIX_MATCH: &str = "mlx_cluster_routing_prefix_match_ratio";
 
 #[derive(Debug, Clone)]
 struct NodeEntry {
@@ -485,6 +492,44 @@ impl Collector for ClusterCollector {
                     .collect();
                 m.encode_family(&[("node", id.as_str())])?
                     .encode_histogram::<NoLabelSet>(p.sum_blocks, p.count, &buckets, None)?;
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                ROUTING_DECISIONS,
+                "Routing decisions that chose the node, by reason (retry: a later attempt after a failure elsewhere).",
+                None,
+                MetricType::Counter,
+            )?;
+            for ((id, _), s) in entries.iter().zip(&snaps) {
+                for (reason, v) in RoutingReason::ALL.iter().zip(s.routing.by_reason) {
+                    m.encode_family(&[("node", id.as_str()), ("reason", reason.as_str())])?
+                        .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+                }
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                ROUTING_PREFIX_MATCH,
+                "Share of the prompt's fingerprint blocks the cache model believed the chosen node held, per cache-aware decision.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for ((id, _), s) in entries.iter().zip(&snaps) {
+                let r = &s.routing;
+                let buckets: Vec<(f64, u64)> = PREFIX_MATCH_BUCKETS
+                    .iter()
+                    .copied()
+                    .chain(std::iter::once(f64::INFINITY))
+                    .zip(r.prefix_match_buckets.iter().copied())
+                    .collect();
+                m.encode_family(&[("node", id.as_str())])?
+                    .encode_histogram::<NoLabelSet>(
+                        r.prefix_match_sum,
+                        r.prefix_match_count,
+                        &buckets,
+                        None,
+                    )?;
             }
         }
         Ok(())

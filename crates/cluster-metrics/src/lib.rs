@@ -12,6 +12,7 @@
 //! | [`Ewma`], [`PeakEwma`] | time-decayed latency estimates; `cost = estimate × (pending + 1)` | a few float ops |
 //! | [`LatencyHistogram`] | p50 / p90 / p99 / max over 1 µs ..= 1 h | one short lock |
 //! | [`NodeCounters`], [`InFlightGuard`] | lock-free per-node counters, RAII in-flight | atomics |
+//! | [`RoutingCounters`] | routing decisions by reason, matched prefix ratio | atomics |
 //! | [`aggregate_cluster_metrics`] | per-node snapshots → `cluster_types::ClusterMetrics` | O(nodes) |
 //! | [`MetricsRegistry`] | node set + OpenMetrics text via `prometheus-client` (names in `docs/metrics.md`) | read at scrape time |
 //!
@@ -50,6 +51,7 @@ pub mod ewma;
 pub mod exposition;
 mod histogram;
 mod prediction;
+mod routing;
 mod window;
 
 pub use aggregate::aggregate_cluster_metrics;
@@ -65,4 +67,5 @@ pub use histogram::{
     LatencyHistogram,
 };
 pub use prediction::{PREDICTION_ERROR_BUCKETS, PredictionHistogram, PredictionSnapshot};
+pub use routing::{PREFIX_MATCH_BUCKETS, ROUTING_REASONS, RoutingCounters, RoutingSnapshot};
 pub use window::{RollingWindow, WindowSnapshot};

@@ -197,6 +197,8 @@ fn populated() -> (ManualClock, MetricsRegistry) {
                 .with_completion_tokens(20),
         );
     }
+    ca.record_decision(cluster_types::RoutingReason::CacheHit, Some(0.8));
+    ca.record_decision(cluster_types::RoutingReason::Retry, None);
     cb.begin().finish(RequestOutcome::failure());
     cb.begin()
         .finish(RequestOutcome::success().with_latency(Duration::from_secs(700)));
@@ -253,6 +255,8 @@ fn check_histogram(name: &str, f: &Family) {
             .collect();
         let expected = if name.ends_with("_blocks") {
             PREDICTION_ERROR_BUCKETS.len()
+        } else if name.ends_with("_ratio") {
+            cluster_metrics::PREFIX_MATCH_BUCKETS.len()
         } else {
             LATENCY_BUCKETS.len()
         };
@@ -383,6 +387,32 @@ fn values_reflect_the_counters() {
         200.0
     );
     assert_eq!(get("mlx_cluster_node_requests", &[("node", "mac-3")]), 0.0);
+    let decisions = |node: &str, reason: &str| {
+        get(
+            "mlx_cluster_routing_decisions",
+            &[("node", node), ("reason", reason)],
+        )
+    };
+    assert_eq!(decisions("mac-1", "cache-hit"), 1.0);
+    assert_eq!(decisions("mac-1", "retry"), 1.0);
+    assert_eq!(decisions("mac-3", "rendezvous"), 0.0);
+    let (_, ratio) = families
+        .iter()
+        .find(|(n, _)| n == "mlx_cluster_routing_prefix_match_ratio")
+        .unwrap();
+    let le = |bound: &str| {
+        ratio
+            .samples
+            .iter()
+            .find(|s| {
+                s.name.ends_with("_bucket")
+                    && s.labels["node"] == "mac-1"
+                    && s.labels["le"] == bound
+            })
+            .unwrap()
+            .value
+    };
+    assert_eq!((le("0.75"), le("0.9"), le("+Inf")), (0.0, 1.0, 1.0));
 
     let (_, ttft) = families
         .iter()

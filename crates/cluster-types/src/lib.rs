@@ -45,6 +45,7 @@
 //! ```
 
 pub mod config;
+mod decision;
 pub mod duration;
 pub mod fingerprint;
 mod kind;
@@ -61,6 +62,8 @@ pub use config::{
     config_reference_markdown, parse_api_keys_file,
 };
 pub use config::{DEFAULT_MDNS_SERVICE_TYPES, MDNS_PORT, MdnsDiscovery};
+pub use config::{MAX_DECISION_LOG_SIZE, ObservabilityConfig};
+pub use decision::{CostTerms, DecisionOutcome, DecisionRecord, RunnerUp};
 pub use fingerprint::{PrefixFingerprint, PrefixFingerprintBuilder, SegmentKind};
 pub use kind::{KIND_TAG, NodeKind, NodeProfile};
 pub use node::{

@@ -100,6 +100,10 @@ pub enum RoutingReason {
     OnlyCandidate,
     /// `"fallback"`: preferred choices were unavailable.
     Fallback,
+    /// `"retry"`: an earlier attempt of the same request failed on another
+    /// node before its first byte; this node is the next best (the
+    /// strategy's own reason is kept beside it in the decision record).
+    Retry,
 }
 
 string_enum!(RoutingReason, "routing reason", [
@@ -112,6 +116,7 @@ string_enum!(RoutingReason, "routing reason", [
     Rendezvous => "rendezvous",
     OnlyCandidate => "only-candidate",
     Fallback => "fallback",
+    Retry => "retry",
 ]);
 
 /// The router's answer for one request. No default.

@@ -127,7 +127,7 @@ fn structural_errors_do_not_hide_other_sections() {
         "health.unhealthy_threshold: must not be greater than health.degraded_threshold (0.8)",
         "routing.strategy: unknown variant fastest, expected one of round-robin, least-loaded, latency-based, cache-aware, cache-score",
         "gateway.listen: invalid socket address syntax (expected ip:port, e.g. \"127.0.0.1:8000\")",
-        "extra: unknown key (expected one of: discovery, health, backoff, cache, routing, gateway, node_tls)",
+        "extra: unknown key (expected one of: discovery, health, backoff, cache, routing, gateway, node_tls, observability)",
     ];
     assert_eq!(got, want, "{got:#?}");
 }
@@ -589,6 +589,7 @@ fn full_config(mode: &str) -> ClusterConfig {
         cert: "/etc/mlx-cluster/cert.pem".into(),
         key: "/etc/mlx-cluster/key.pem".into(),
     });
+    c.observability.otlp_endpoint = Some("http://127.0.0.1:4318/v1/traces".into());
     c
 }
 

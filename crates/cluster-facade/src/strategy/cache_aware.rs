@@ -56,9 +56,9 @@
 use std::sync::atomic::Ordering;
 
 use cluster_types::fingerprint::xxh64;
-use cluster_types::{RoutingContext, RoutingReason};
+use cluster_types::{CostTerms, RoutingContext, RoutingReason};
 
-use super::{Candidates, Pick, as_f64, margin};
+use super::{Candidates, Pick, RunnerUpPick, as_f64, margin};
 use crate::cache_model::CacheModel;
 use crate::params::CostParams;
 use crate::snapshot::SnapNode;
@@ -258,6 +258,10 @@ pub(crate) fn choose_consistent(
         uncached_tokens: total.saturating_sub(cached),
         predicted_cached: Some(cached),
         cost: None,
+        // No cost model here: the key's rendezvous order decided.
+        terms: None,
+        runner_up: None,
+        evaluated: u32::try_from(n).unwrap_or(u32::MAX),
     })
 }
 
@@ -297,15 +301,15 @@ pub(crate) struct Work {
     pub(crate) warm_turn: f64,
 }
 
-/// The cost in seconds of sending the request to `node` (module docs).
-pub(crate) fn estimate(node: &SnapNode, work: Work, cost: &CostParams) -> f64 {
-    let queued = as_f64(node.live.outstanding_prefill.load(Ordering::Relaxed));
-    let tokens = queued
+/// The cost in seconds (module docs) of `work` behind `queued` tokens at a
+/// node prefilling `rate` tokens/s.
+fn estimate(queued: u64, rate: f64, work: Work, cost: &CostParams) -> f64 {
+    let tokens = as_f64(queued)
         + as_f64(work.uncached)
         + cost.work_penalty.max(0.0) * as_f64(work.private)
         + cost.eviction_penalty.max(0.0) * as_f64(work.evicted)
         + cost.balance.max(0.0) * as_f64(work.active as u64) * work.warm_turn.max(0.0);
-    tokens / rate(node, cost)
+    tokens / rate
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -317,6 +321,25 @@ struct Eval {
     est: f64,
     id_hash: u64,
     tie_floor: f64,
+    /// The cost's inputs, for the decision record.
+    work: Work,
+    queued: u64,
+    rate: f64,
+}
+
+impl Eval {
+    fn terms(&self) -> CostTerms {
+        CostTerms {
+            seconds: self.est,
+            queued_tokens: self.queued,
+            uncached_tokens: self.work.uncached,
+            private_tokens: self.work.private,
+            evicted_tokens: self.work.evicted,
+            active_conversations: u32::try_from(self.work.active).unwrap_or(u32::MAX),
+            warm_turn_tokens: self.work.warm_turn,
+            rate_tokens_per_second: self.rate,
+        }
+    }
 }
 
 /// Scratch space reused between decisions (held by the router).
@@ -365,14 +388,18 @@ pub(crate) fn choose(
             warm_turn,
         };
         let r = rate(node, cost);
+        let queued = node.live.outstanding_prefill.load(Ordering::Relaxed);
         Eval {
             index: i,
             matched,
             cached,
             uncached,
-            est: estimate(node, work, cost),
+            est: estimate(queued, r, work, cost),
             id_hash: node.id_hash,
             tie_floor: cost.tie_tokens.max(0.0) / r,
+            work,
+            queued,
+            rate: r,
         }
     };
     scratch.evals.clear();
@@ -456,20 +483,17 @@ pub(crate) fn choose(
             (best, RoutingReason::LeastLoaded)
         };
     let (w, reason) = winner;
+    let runner_up = evals
+        .iter()
+        .filter(|e| e.index != w.index)
+        .min_by(|a, b| a.est.total_cmp(&b.est));
     let total = w.cached + w.uncached;
     let confidence = match reason {
         RoutingReason::CacheHit | RoutingReason::SessionAffinity => {
             as_f64(w.cached) / as_f64(total.max(1))
         }
         RoutingReason::Rendezvous => 1.0 / as_f64(n_tied as u64),
-        _ => {
-            let second = evals
-                .iter()
-                .filter(|e| e.index != w.index)
-                .map(|e| e.est)
-                .fold(f64::INFINITY, f64::min);
-            margin(w.est, second)
-        }
+        _ => margin(w.est, runner_up.map_or(f64::INFINITY, |e| e.est)),
     };
     Some(Pick {
         index: w.index,
@@ -479,6 +503,13 @@ pub(crate) fn choose(
         uncached_tokens: w.uncached,
         predicted_cached: Some(w.cached),
         cost: Some(w.est),
+        terms: Some(w.terms()),
+        runner_up: runner_up.map(|e| RunnerUpPick {
+            index: e.index,
+            cost: e.est,
+            predicted_cached: e.cached,
+        }),
+        evaluated: u32::try_from(evals.len()).unwrap_or(u32::MAX),
     })
 }
 

@@ -14,7 +14,7 @@ pub(crate) mod p2c;
 pub(crate) mod round_robin;
 pub(crate) mod session;
 
-use cluster_types::{NodeId, RoutingReason};
+use cluster_types::{CostTerms, NodeId, RoutingReason};
 
 use crate::snapshot::{ClusterSnapshot, SnapNode, Tier};
 
@@ -95,6 +95,23 @@ pub(crate) struct Pick {
     pub(crate) predicted_cached: Option<u64>,
     /// The strategy's cost of the winner, seconds (cache-aware only).
     pub(crate) cost: Option<f64>,
+    /// The winner's cost terms (cache-aware only).
+    pub(crate) terms: Option<CostTerms>,
+    /// The cheapest other evaluated node (cache-aware only).
+    pub(crate) runner_up: Option<RunnerUpPick>,
+    /// Nodes the strategy evaluated (0 = not reported).
+    pub(crate) evaluated: u32,
+}
+
+/// The cheapest node a strategy evaluated but did not choose.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct RunnerUpPick {
+    /// Snapshot index.
+    pub(crate) index: u32,
+    /// Its cost, seconds.
+    pub(crate) cost: f64,
+    /// Prompt tokens it was predicted to serve from its cache.
+    pub(crate) predicted_cached: u64,
 }
 
 impl Pick {
@@ -107,6 +124,9 @@ impl Pick {
             uncached_tokens: 0,
             predicted_cached: None,
             cost: None,
+            terms: None,
+            runner_up: None,
+            evaluated: 0,
         }
     }
 }

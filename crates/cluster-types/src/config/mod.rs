@@ -12,6 +12,7 @@
 
 mod access;
 mod env;
+mod observability;
 mod parse;
 mod reference;
 mod validate;
@@ -29,6 +30,7 @@ use crate::routing::LoadBalanceStrategy;
 
 pub use access::{ClientKey, TlsConfig, is_sha256_hex, is_valid_key_name, parse_api_keys_file};
 pub use env::{ENV_PREFIX, apply_env_overrides};
+pub use observability::{MAX_DECISION_LOG_SIZE, ObservabilityConfig};
 pub use parse::{ConfigErrors, ConfigFormat, ConfigProblem};
 pub use reference::{ReferenceEntry, config_reference, config_reference_markdown};
 
@@ -54,6 +56,8 @@ pub struct ClusterConfig {
     /// Certificate verification toward `https://` nodes (each node's own
     /// `tls` wins). Default: system roots, verification on.
     pub node_tls: crate::NodeTls,
+    /// Decision records, topology headers, dashboard history, tracing.
+    pub observability: ObservabilityConfig,
 }
 
 /// Health checking (the seeds' `HealthConfig`).

@@ -180,7 +180,7 @@ impl IntoIterator for ConfigErrors {
 }
 
 /// The top-level sections, in document order.
-pub(crate) const SECTIONS: [&str; 7] = [
+pub(crate) const SECTIONS: [&str; 8] = [
     "discovery",
     "health",
     "backoff",
@@ -188,6 +188,7 @@ pub(crate) const SECTIONS: [&str; 7] = [
     "routing",
     "gateway",
     "node_tls",
+    "observability",
 ];
 
 impl ClusterConfig {
@@ -285,6 +286,10 @@ impl ClusterConfig {
                 "node_tls" => set(
                     &mut config.node_tls,
                     decode_section("node_tls", v, &mut problems),
+                ),
+                "observability" => set(
+                    &mut config.observability,
+                    decode_section("observability", v, &mut problems),
                 ),
                 _ => problems.push(ConfigProblem::new(
                     key.clone(),

@@ -654,6 +654,55 @@ const ENTRIES: &[Raw] = &[
         "Accept any certificate from every `https://` node (self-signed lab setups; logged as a warning).",
         None,
     ),
+    (
+        "observability.decision_log_size",
+        None,
+        "integer",
+        "Decision records kept in memory (the most recent requests: node, reason, predicted and reported cached tokens, cost terms, runner-up, timings, outcome; never prompt text), served by `GET /v1/cluster/decisions`. 0 = off; at most 1000000.",
+        None,
+    ),
+    (
+        "observability.topology_headers",
+        None,
+        "boolean",
+        "Whether proxied answers carry `x-mlx-cluster-node` (the node that answered) and `x-mlx-cluster-reason` (why it was chosen). Turn off to hide the cluster's topology from clients.",
+        None,
+    ),
+    (
+        "observability.sample_interval",
+        None,
+        "duration",
+        "How often the gateway samples the dashboard's time series (requests/s, TTFT p50/p99, cache hit ratio, in flight per node, node status). At least 100ms.",
+        None,
+    ),
+    (
+        "observability.history",
+        None,
+        "duration",
+        "How much of the time series the gateway keeps in memory (at least `sample_interval`, at most 100000 samples).",
+        None,
+    ),
+    (
+        "observability.otlp_endpoint",
+        None,
+        "string (optional)",
+        "OTLP/HTTP (protobuf) endpoint receiving the gateway's traces, e.g. `http://127.0.0.1:4318/v1/traces`: a span per request with child spans for node selection, each upstream attempt, the first byte and the stream's end; the W3C `traceparent` goes to the nodes. Unset = tracing off.",
+        None,
+    ),
+    (
+        "observability.service_name",
+        None,
+        "string",
+        "`service.name` resource attribute of the exported spans.",
+        None,
+    ),
+    (
+        "observability.trace_sample_ratio",
+        None,
+        "number",
+        "Share of requests traced, 0 to 1, when the client sent no `traceparent`; a client's own sampling decision is followed.",
+        None,
+    ),
 ];
 
 /// The default document for a discovery mode (None = the default mode).
@@ -809,9 +858,9 @@ between path segments; a single `_` stays part of a key name.
   are numbers, text starting with `[` or `{` that parses as JSON is that
   value, and anything else is a string.
 - Variables whose first segment is not a section (`discovery`, `health`,
-  `backoff`, `cache`, `routing`, `gateway`, `node_tls`) are an error when they contain
-  `__`, and ignored otherwise (so tooling variables such as
-  `MLX_CLUSTER_VENV` do not interfere).
+  `backoff`, `cache`, `routing`, `gateway`, `node_tls`, `observability`)
+  are an error when they contain `__`, and ignored otherwise (so tooling
+  variables such as `MLX_CLUSTER_VENV` do not interfere).
 - Changing `discovery.mode` from the environment does not remove the keys of
   the file's mode; set the mode in the file.
 "#;
@@ -838,6 +887,10 @@ const SECTION_DOCS: &[(&str, &str)] = &[
     (
         "node_tls",
         "Certificate verification toward `https://` nodes: system roots, plus an optional CA file; a node's own `tls` table wins field by field.",
+    ),
+    (
+        "observability",
+        "What the gateway records and exposes about its routing: decision records, topology headers, the dashboard's time series and OpenTelemetry tracing (see `docs/observability.md`).",
     ),
 ];
 

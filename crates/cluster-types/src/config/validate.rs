@@ -66,6 +66,7 @@ impl ClusterConfig {
         cache(&mut p, &self.cache);
         routing(&mut p, &self.routing);
         gateway(&mut p, &self.gateway);
+        p.0.extend(self.observability.problems());
         p.0
     }
 

@@ -1,0 +1,203 @@
+//! `[observability]`: decision records, topology headers, the dashboard's
+//! history and OpenTelemetry tracing.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::ConfigProblem;
+
+/// Largest accepted `observability.decision_log_size`.
+pub const MAX_DECISION_LOG_SIZE: u32 = 1_000_000;
+
+/// Most samples `history / sample_interval` may keep.
+const MAX_SAMPLES: u128 = 100_000;
+
+/// Shortest accepted `observability.sample_interval`.
+const MIN_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What the gateway records and exposes about its own decisions.
+///
+/// Defaults: `decision_log_size` 1000, `topology_headers` true,
+/// `sample_interval` 5s, `history` 15m, `otlp_endpoint` none (tracing
+/// off), `service_name` `mlx-cluster`, `trace_sample_ratio` 1.0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObservabilityConfig {
+    /// Decision records kept in memory (the most recent ones), served by
+    /// `GET /v1/cluster/decisions`; 0 turns the log off. At most 1000000.
+    /// Default 1000.
+    pub decision_log_size: u32,
+    /// Whether proxied answers carry `x-mlx-cluster-node` and
+    /// `x-mlx-cluster-reason`. Default true.
+    pub topology_headers: bool,
+    /// How often the dashboard's time series are sampled (at least 100ms).
+    /// Default 5s.
+    #[serde(with = "crate::duration")]
+    pub sample_interval: Duration,
+    /// How much of the time series the gateway keeps (at least
+    /// `sample_interval`, at most 100000 samples). Default 15m.
+    #[serde(with = "crate::duration")]
+    pub history: Duration,
+    /// OTLP/HTTP (protobuf) traces endpoint, e.g.
+    /// `http://127.0.0.1:4318/v1/traces`; none = tracing off. Default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans. Default `mlx-cluster`.
+    pub service_name: String,
+    /// Share of requests traced when the client sent no sampled
+    /// `traceparent`, 0 to 1 (a client's sampling decision is kept).
+    /// Default 1.0.
+    pub trace_sample_ratio: f64,
+}
+
+impl Default for ObservabilityConfig {
+    fn default() -> Self {
+        Self {
+            decision_log_size: 1000,
+            topology_headers: true,
+            sample_interval: Duration::from_secs(5),
+            history: Duration::from_secs(15 * 60),
+            otlp_endpoint: None,
+            service_name: "mlx-cluster".to_owned(),
+            trace_sample_ratio: 1.0,
+        }
+    }
+}
+
+impl ObservabilityConfig {
+    /// Samples of the time series kept: `history / sample_interval`,
+    /// at least 1.
+    #[must_use]
+    pub fn samples_kept(&self) -> usize {
+        let interval = self.sample_interval.as_nanos().max(1);
+        let n = (self.history.as_nanos() / interval).clamp(1, MAX_SAMPLES);
+        usize::try_from(n).unwrap_or(1)
+    }
+
+    /// Every semantic problem of the section, with its path.
+    pub(crate) fn problems(&self) -> Vec<ConfigProblem> {
+        let mut p = Vec::new();
+        let mut push = |path: &str, message: String| p.push(ConfigProblem::new(path, message));
+        if self.decision_log_size > MAX_DECISION_LOG_SIZE {
+            push(
+                "observability.decision_log_size",
+                format!(
+                    "must be at most {MAX_DECISION_LOG_SIZE} (got {})",
+                    self.decision_log_size
+                ),
+            );
+        }
+        if self.sample_interval < MIN_SAMPLE_INTERVAL {
+            push(
+                "observability.sample_interval",
+                format!(
+                    "must be at least 100ms (got {})",
+                    crate::duration::format(self.sample_interval)
+                ),
+            );
+        } else if self.history < self.sample_interval {
+            push(
+                "observability.history",
+                format!(
+                    "must be at least observability.sample_interval ({})",
+                    crate::duration::format(self.sample_interval)
+                ),
+            );
+        } else if self.history.as_nanos() / self.sample_interval.as_nanos() > MAX_SAMPLES {
+            push(
+                "observability.history",
+                format!(
+                    "keeps more than {MAX_SAMPLES} samples of observability.sample_interval ({})",
+                    crate::duration::format(self.sample_interval)
+                ),
+            );
+        }
+        if let Some(endpoint) = &self.otlp_endpoint
+            && let Err(message) = check_endpoint(endpoint)
+        {
+            push("observability.otlp_endpoint", message);
+        }
+        if self.service_name.trim().is_empty() {
+            push("observability.service_name", "must not be empty".to_owned());
+        }
+        if !(0.0..=1.0).contains(&self.trace_sample_ratio) {
+            push(
+                "observability.trace_sample_ratio",
+                format!("must be between 0 and 1 (got {})", self.trace_sample_ratio),
+            );
+        }
+        p
+    }
+}
+
+/// An `http(s)://host[:port][/path]` URL with a host and no whitespace.
+fn check_endpoint(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("not an http(s) URL: {url:?}"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || host.starts_with(':') {
+        return Err(format!("no host in {url:?}"));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("must not contain whitespace: {url:?}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_keep_fifteen_minutes_of_five_second_samples() {
+        let c = ObservabilityConfig::default();
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        assert_eq!(c.samples_kept(), 180);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let c = ObservabilityConfig {
+            decision_log_size: MAX_DECISION_LOG_SIZE + 1,
+            sample_interval: Duration::from_millis(10),
+            otlp_endpoint: Some("grpc://collector:4317".into()),
+            service_name: " ".into(),
+            trace_sample_ratio: 1.5,
+            ..ObservabilityConfig::default()
+        };
+        let paths: Vec<String> = c.problems().into_iter().map(|p| p.path).collect();
+        assert_eq!(
+            paths,
+            [
+                "observability.decision_log_size",
+                "observability.sample_interval",
+                "observability.otlp_endpoint",
+                "observability.service_name",
+                "observability.trace_sample_ratio",
+            ]
+        );
+        let short = ObservabilityConfig {
+            history: Duration::from_secs(1),
+            ..ObservabilityConfig::default()
+        };
+        assert_eq!(short.problems()[0].path, "observability.history");
+        let long = ObservabilityConfig {
+            sample_interval: Duration::from_millis(100),
+            history: Duration::from_secs(24 * 3600),
+            ..ObservabilityConfig::default()
+        };
+        assert!(long.problems()[0].message.contains("100000 samples"));
+    }
+
+    #[test]
+    fn endpoints() {
+        assert!(check_endpoint("http://127.0.0.1:4318/v1/traces").is_ok());
+        assert!(check_endpoint("https://otel.example.internal/v1/traces").is_ok());
+        assert!(check_endpoint("http:///v1/traces").is_err());
+        assert!(check_endpoint("http://:4318").is_err());
+        assert!(check_endpoint("http://a b").is_err());
+    }
+}
