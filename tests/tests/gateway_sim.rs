@@ -1,8 +1,8 @@
 //! The gateway end to end over a real `Cluster` (discovery, health checks,
 //! routing) with simulated mlx_lm.server nodes: an agentic workload, the
 //! real OpenAI Python SDK, `curl -N`, a node crashing mid-stream, the
-//! Prometheus exposition checked by promtool, and the dashboard rendered by
-//! headless Chromium.
+//! Prometheus exposition checked by promtool, and the dashboard (charts,
+//! decisions, nodes) rendered by headless Chromium.
 #![allow(clippy::unwrap_used)]
 
 mod gateway_support;
@@ -18,7 +18,7 @@ use cluster_sim::replay::{ReplayConfig, replay};
 use cluster_sim::workload::WorkloadConfig;
 use cluster_sim::{SimNode, SimNodeConfig};
 use cluster_types::LoadBalanceStrategy;
-use gateway_support::{GatewayUnderTest, artifacts_dir, client, config, program};
+use gateway_support::{GatewayUnderTest, artifacts_dir, client, config, program, wait_until};
 use serde_json::{Value, json};
 
 const SCALE: f64 = 50.0;
@@ -457,12 +457,101 @@ async fn completion_tokens_reach_metrics_and_status() {
     fleet.shutdown().await;
 }
 
+/// The `<svg data-chart="NAME">…</svg>` element of a rendered page.
+fn chart<'a>(html: &'a str, name: &str) -> &'a str {
+    let start = html
+        .find(&format!("data-chart=\"{name}\""))
+        .unwrap_or_else(|| panic!("no chart {name}"));
+    let end = html[start..].find("</svg>").unwrap() + start;
+    &html[start..end]
+}
+
+/// The `data-points` of each drawn series of a chart, and the distinct y
+/// coordinates of its paths.
+fn series_of(svg: &str) -> (Vec<usize>, usize) {
+    let mut points = Vec::new();
+    let mut ys = std::collections::BTreeSet::new();
+    for path in svg.split("<path ").skip(1) {
+        let attr = |name: &str| {
+            let from = path.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+            &path[from..from + path[from..].find('"').unwrap()]
+        };
+        assert_eq!(attr("class"), "series");
+        points.push(attr("data-points").parse::<usize>().unwrap());
+        for xy in attr("d").split(['M', 'L']).filter(|p| !p.is_empty()) {
+            ys.insert(xy.split(',').nth(1).unwrap().to_owned());
+        }
+    }
+    (points, ys.len())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dashboard_renders_the_nodes_in_headless_chromium() {
+async fn dashboard_draws_charts_decisions_and_nodes_in_headless_chromium() {
     let fleet = fleet(3, 1000.0).await;
-    let gw =
-        GatewayUnderTest::start(config(&nodes_of(&fleet), LoadBalanceStrategy::CacheAware)).await;
+    // A fourth node, stopped during the test: a status change marker.
+    let doomed = SimNode::start(SimNodeConfig {
+        time_scale: 1000.0,
+        ..SimNodeConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut nodes = nodes_of(&fleet);
+    nodes.push(("sim-3", doomed.base_url()));
+    let mut cfg = config(&nodes, LoadBalanceStrategy::CacheAware);
+    cfg.observability.sample_interval = Duration::from_millis(250);
+    let gw = GatewayUnderTest::start(cfg).await;
     gw.wait_all_routable().await;
+    let model = fleet.nodes()[0].config().model_id.clone();
+
+    // A short workload: four conversations at once, each with its own
+    // system prompt, until the series holds a few intervals with requests.
+    let system = "You are a careful coding agent. Answer briefly. ".repeat(80);
+    let series_has_traffic = || {
+        gw.gateway
+            .timeseries()
+            .samples()
+            .iter()
+            .filter(|s| s.ttft_p50_ms.is_some() && s.requests_per_second.unwrap_or(0.0) > 0.0)
+            .count()
+            >= 4
+    };
+    let mut turn = 0;
+    while !series_has_traffic() {
+        assert!(
+            turn < 500,
+            "no traffic in the time series after {turn} turns"
+        );
+        let requests = (0..4).map(|conversation| {
+            let mut messages = vec![json!({"role": "system", "content": format!("Project {conversation}. {system}")})];
+            messages.extend((0..=turn).map(|t| {
+                json!({"role": "user", "content": format!("conversation {conversation}, step {t}")})
+            }));
+            client()
+                .post(format!("{}/chat/completions", gw.v1()))
+                .json(&json!({"model": model, "max_tokens": 4, "stream": conversation % 2 == 0, "messages": messages}))
+                .send()
+        });
+        for r in futures::future::join_all(requests).await {
+            let r = r.unwrap();
+            assert_eq!(r.status(), 200);
+            r.bytes().await.unwrap();
+        }
+        turn += 1;
+    }
+    doomed.shutdown().await;
+    wait_until(
+        "sim-3's status change in the series",
+        Duration::from_secs(30),
+        || {
+            gw.gateway
+                .timeseries()
+                .status_changes()
+                .iter()
+                .any(|c| c.node == "sim-3" && c.to != Some(cluster_types::NodeStatus::Healthy))
+        },
+    )
+    .await;
+
     let chromium = program("chromium", "chromium");
     let profile = std::env::temp_dir().join(format!("mlx-cluster-chromium-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&profile);
@@ -479,7 +568,8 @@ async fn dashboard_renders_the_nodes_in_headless_chromium() {
             "--disable-dev-shm-usage",
             "--no-proxy-server",
             "--virtual-time-budget=5000",
-            "--window-size=1280,720",
+            "--window-size=1280,1180",
+            "--hide-scrollbars",
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(extra)
@@ -491,15 +581,62 @@ async fn dashboard_renders_the_nodes_in_headless_chromium() {
         .await
         .expect("chromium finished")
         .unwrap();
-    let html = String::from_utf8_lossy(&dom.stdout);
-    for id in ["sim-0", "sim-1", "sim-2"] {
+    let html = String::from_utf8_lossy(&dom.stdout).into_owned();
+    std::fs::write(artifacts_dir().join("dashboard.html"), html.as_bytes()).unwrap();
+    let context = || {
+        format!(
+            "chromium stderr:\n{}\n(DOM in target/artifacts/dashboard.html)",
+            String::from_utf8_lossy(&dom.stderr)
+        )
+    };
+    // The node table, with the cache model's fidelity.
+    for id in ["sim-0", "sim-1", "sim-2", "sim-3"] {
         assert!(
             html.contains(&format!("data-node-id=\"{id}\"")),
-            "node {id} not rendered; chromium stderr:\n{}\nDOM:\n{html}",
-            String::from_utf8_lossy(&dom.stderr)
+            "node {id}; {}",
+            context()
         );
     }
-    assert!(html.contains("status-healthy"), "{html}");
+    assert!(html.contains("status-healthy"), "{}", context());
+    assert!(
+        html.split("class=\"num fidelity\">")
+            .skip(1)
+            .any(|cell| { cell.split('<').next().is_some_and(|t| t.ends_with(" %")) }),
+        "no fidelity figure; {}",
+        context()
+    );
+    // The charts: lines with several points, varying where there was
+    // traffic; a line per node; the stopped node's marker.
+    let (rps, rps_levels) = series_of(chart(&html, "rps"));
+    assert!(
+        rps.len() == 1 && rps[0] >= 4 && rps_levels >= 2,
+        "rps {rps:?}; {}",
+        context()
+    );
+    let (ttft, _) = series_of(chart(&html, "ttft"));
+    assert!(
+        ttft.len() == 2 && ttft.iter().all(|&n| n >= 4),
+        "ttft {ttft:?}"
+    );
+    let (hit, _) = series_of(chart(&html, "hit"));
+    assert!(hit.len() == 1 && hit[0] >= 4, "hit {hit:?}");
+    let (in_flight, _) = series_of(chart(&html, "inflight"));
+    assert_eq!(in_flight.len(), 4, "a line per node");
+    let markers: Vec<&str> = chart(&html, "rps")
+        .split("<line class=\"marker\"")
+        .skip(1)
+        .collect();
+    assert!(
+        markers
+            .iter()
+            .any(|m| m.contains("data-node=\"sim-3\"") && !m.contains("data-to=\"healthy\"")),
+        "no marker for sim-3: {markers:?}"
+    );
+    // The recent decisions, with their reasons.
+    let decisions = html.matches("<tr class=\"decision\"").count();
+    assert!(decisions >= 10, "{decisions} decision rows; {}", context());
+    assert!(html.contains("data-reason=\"cache-hit\""), "{}", context());
+
     let shot = artifacts_dir().join("dashboard.png");
     let _ = std::fs::remove_file(&shot);
     let out = run(vec![format!("--screenshot={}", shot.display())])
@@ -516,6 +653,4 @@ async fn dashboard_renders_the_nodes_in_headless_chromium() {
     let _ = std::fs::remove_dir_all(&profile);
     gw.stop().await;
     fleet.shutdown().await;
-    // Keep the rendered DOM next to the screenshot.
-    std::fs::write(artifacts_dir().join("dashboard.html"), html.as_bytes()).unwrap();
 }

@@ -6,7 +6,7 @@
 //! caller publishes: tests that must control node states exactly, and
 //! benchmarks of the proxy path).
 
-use cluster_facade::{Cluster, FacadeError, Router, Selection};
+use cluster_facade::{Cluster, DecisionLog, FacadeError, Router, Selection};
 use cluster_types::{ClusterState, Node, NodeId, RoutingContext};
 use futures::future::BoxFuture;
 
@@ -30,6 +30,8 @@ pub trait ClusterHandle: Send + Sync + 'static {
     fn refresh_discovery(&self) -> BoxFuture<'_, Result<(), FacadeError>>;
     /// The TLS settings of a node (for `https://` nodes), from its spec.
     fn node_tls(&self, node: &NodeId) -> Option<cluster_types::NodeTls>;
+    /// The records of the most recent routed requests.
+    fn decisions(&self) -> &DecisionLog;
 }
 
 fn set_drained(router: &Router, node: &NodeId, drained: bool) -> Result<(), FacadeError> {
@@ -98,6 +100,10 @@ impl ClusterHandle for Router {
     fn refresh_discovery(&self) -> BoxFuture<'_, Result<(), FacadeError>> {
         Box::pin(async { Ok(()) })
     }
+
+    fn decisions(&self) -> &DecisionLog {
+        Router::decisions(self)
+    }
 }
 
 /// The real cluster: discovery, health, routing and cache coordination.
@@ -139,5 +145,9 @@ impl ClusterHandle for Cluster {
 
     fn refresh_discovery(&self) -> BoxFuture<'_, Result<(), FacadeError>> {
         Box::pin(Cluster::refresh_discovery(self))
+    }
+
+    fn decisions(&self) -> &DecisionLog {
+        self.router().decisions()
     }
 }

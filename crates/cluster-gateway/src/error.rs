@@ -63,6 +63,8 @@ pub mod codes {
     pub const SHUTTING_DOWN: &str = "shutting_down";
     /// Anything else that went wrong inside the gateway (500).
     pub const INTERNAL: &str = "internal_error";
+    /// A query parameter the endpoint does not accept (400).
+    pub const INVALID_QUERY: &str = "invalid_query";
 }
 
 #[derive(Serialize)]

@@ -7,15 +7,16 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
-use cluster_types::{ApiKey, ClusterConfig, TlsConfig};
+use cluster_types::{ApiKey, ClusterConfig, ObservabilityConfig, TlsConfig};
 
 use crate::auth::ClientKeys;
 use crate::backend::ClusterHandle;
 use crate::error::GatewayError;
 use crate::limits::ConnectionLimiter;
 use crate::metrics::GatewayMetrics;
+use crate::timeseries::TimeSeries;
 use crate::upstream::{UpstreamClient, UpstreamSettings};
-use crate::{anthropic, ops, proxy};
+use crate::{anthropic, decisions, ops, proxy, timeseries};
 
 /// What the request path needs from the configuration, resolved once.
 ///
@@ -27,7 +28,8 @@ use crate::{anthropic, ops, proxy};
 /// admin token, no client keys, no TLS, header-read timeout 30 s, body-read
 /// timeout 60 s, 8192 connections, request heads up to 64 KiB; for
 /// `/v1/messages`: at most 8192 output tokens, default model
-/// `default_model`, no model aliases.
+/// `default_model`, no model aliases; topology headers on, time series
+/// sampled every 5 s for 15 min, tracing off.
 #[derive(Debug, Clone)]
 pub struct GatewaySettings {
     /// Largest request body accepted (`gateway.max_body_bytes`).
@@ -76,6 +78,9 @@ pub struct GatewaySettings {
     pub default_model: String,
     /// Model aliases of Messages requests (`gateway.model_aliases`).
     pub model_aliases: BTreeMap<String, String>,
+    /// Topology headers, the dashboard's time series and tracing
+    /// (`[observability]`; see `docs/observability.md`).
+    pub observability: ObservabilityConfig,
 }
 
 impl GatewaySettings {
@@ -122,6 +127,7 @@ impl GatewaySettings {
             max_output_tokens: g.max_output_tokens,
             default_model: g.default_model.clone(),
             model_aliases: g.model_aliases.clone(),
+            observability: config.observability.clone(),
         }
     }
 }
@@ -144,6 +150,7 @@ pub struct Gateway {
     /// Set by `serve`: what the config reload and runtime-node admin
     /// endpoints act on.
     reloader: std::sync::OnceLock<crate::reload::ConfigReloader>,
+    timeseries: TimeSeries,
 }
 
 impl Gateway {
@@ -156,18 +163,24 @@ impl Gateway {
     }
 
     /// A gateway over `cluster` (a started `cluster_facade::Cluster`, or a
-    /// bare `Router`) with `settings`. Must be called inside a Tokio runtime.
+    /// bare `Router`) with `settings`. Must be called inside a Tokio runtime:
+    /// it starts the task sampling the dashboard's time series (which ends
+    /// when the gateway is dropped).
     #[must_use]
     pub fn new(cluster: impl ClusterHandle, settings: GatewaySettings) -> Arc<Self> {
-        Arc::new(Self {
+        let interval = settings.observability.sample_interval;
+        let gateway = Arc::new(Self {
             upstream: UpstreamClient::new(settings.upstream),
             connections: ConnectionLimiter::new(settings.max_connections),
             cluster: Box::new(cluster),
+            timeseries: TimeSeries::new(interval, settings.observability.samples_kept()),
             settings,
             metrics: GatewayMetrics::default(),
             shutting_down: AtomicBool::new(false),
             reloader: std::sync::OnceLock::new(),
-        })
+        });
+        tokio::spawn(timeseries::run(Arc::downgrade(&gateway), interval));
+        gateway
     }
 
     /// Enables `POST /admin/config/reload` and the runtime node endpoints
@@ -190,6 +203,8 @@ impl Gateway {
     /// | `POST /v1/messages`, `/v1/messages/count_tokens` | Anthropic Messages API, translated for OpenAI-only nodes ([`crate::anthropic`]) |
     /// | `GET /v1/models` | union of the nodes' models |
     /// | `GET /v1/cluster/status` | the cluster state (JSON) |
+    /// | `GET /v1/cluster/decisions` | the most recent routing decisions ([`crate::decisions`]) |
+    /// | `GET /v1/cluster/timeseries` | the dashboard's charts ([`crate::timeseries`]) |
     /// | `GET /metrics` | Prometheus text |
     /// | `GET /healthz`, `/readyz` | liveness, readiness |
     /// | `POST /admin/nodes/{id}/drain`, `/undrain`, `/admin/discovery/refresh` | admin (bearer token) |
@@ -203,6 +218,8 @@ impl Gateway {
             .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
             .route("/v1/models", get(ops::models))
             .route("/v1/cluster/status", get(ops::status))
+            .route(decisions::DECISIONS_PATH, get(decisions::decisions))
+            .route(timeseries::TIMESERIES_PATH, get(timeseries::timeseries))
             .route("/metrics", get(ops::metrics))
             .route("/healthz", get(ops::healthz))
             .route("/readyz", get(ops::readyz))
@@ -252,6 +269,12 @@ impl Gateway {
     #[must_use]
     pub fn metrics(&self) -> &GatewayMetrics {
         &self.metrics
+    }
+
+    /// The dashboard's time series.
+    #[must_use]
+    pub fn timeseries(&self) -> &TimeSeries {
+        &self.timeseries
     }
 
     /// Marks the gateway as shutting down: `/readyz` answers 503 from now on.

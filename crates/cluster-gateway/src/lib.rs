@@ -13,7 +13,8 @@
 //! - [`anthropic`] serves the Anthropic Messages API (Claude Code),
 //!   translated to chat completions for nodes that speak only OpenAI;
 //! - [`ops`] serves status, models, metrics, health, admin and the
-//!   dashboard; [`server`] serves it all with graceful shutdown, over TLS
+//!   dashboard; [`decisions`] the records of the latest routing decisions,
+//!   [`timeseries`] the dashboard's charts; [`server`] serves it all with graceful shutdown, over TLS
 //!   when configured ([`tls`]);
 //! - [`reload`] re-reads the configuration (`SIGHUP`, admin endpoint) and
 //!   adds or removes nodes at run time;
@@ -57,6 +58,7 @@ pub mod backend;
 mod canonical;
 pub mod checks;
 pub mod cli;
+pub mod decisions;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod error;
@@ -71,5 +73,6 @@ pub mod reload;
 pub mod request;
 pub mod server;
 pub mod sniff;
+pub mod timeseries;
 pub mod tls;
 pub mod upstream;

@@ -20,7 +20,9 @@ use subtle::ConstantTimeEq;
 use crate::error::{ApiError, codes};
 use crate::gateway::Gateway;
 
-/// The dashboard page (static; it polls `/v1/cluster/status`).
+/// The dashboard page (static; it polls `/v1/cluster/status`,
+/// `/v1/cluster/timeseries` and `/v1/cluster/decisions`, and draws its
+/// charts as inline SVG itself: no external file, it works offline).
 pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 
 /// `GET /` — the dashboard.
@@ -338,6 +340,21 @@ mod tests {
     #[test]
     fn dashboard_polls_the_status_api() {
         assert!(DASHBOARD_HTML.contains("/v1/cluster/status"));
+        assert!(DASHBOARD_HTML.contains("/v1/cluster/timeseries"));
+        assert!(DASHBOARD_HTML.contains("/v1/cluster/decisions"));
         assert!(DASHBOARD_HTML.contains("data-node-id"));
+    }
+
+    #[test]
+    fn dashboard_loads_nothing_from_elsewhere() {
+        let lower = DASHBOARD_HTML.to_ascii_lowercase();
+        for needle in ["<link", "src=", "@import", "url(", "//cdn", "import("] {
+            assert!(!lower.contains(needle), "{needle}");
+        }
+        // The only absolute URL is the SVG namespace (an identifier, never
+        // fetched).
+        let urls = lower.matches("http").count();
+        let svg_ns = lower.matches("\"http://www.w3.org/2000/svg\"").count();
+        assert_eq!(urls, svg_ns, "absolute URLs in the dashboard");
     }
 }

@@ -39,7 +39,7 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use cluster_facade::{FacadeError, FailureKind, NodeTarget, RequestGuard, RequestOutcome};
-use cluster_types::{NodeId, RoutingContext};
+use cluster_types::{NodeId, RoutingContext, RoutingReason};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -53,8 +53,14 @@ use crate::relay::{NoSink, OutcomeSink, RelayBody, RelayFailure, RelayMode, Rela
 use crate::request::{ApiKind, ParsedRequest, with_include_usage};
 use crate::upstream::{UpstreamError, UpstreamRequest, clean_response_headers, retry_after};
 
-/// Response header naming the node that answered (node ids are not secret).
+/// Response header naming the node that answered (node ids are not secret;
+/// off with `observability.topology_headers = false`).
 pub const NODE_HEADER: HeaderName = HeaderName::from_static("x-mlx-cluster-node");
+
+/// Response header saying why that node was chosen: a routing reason
+/// (`cache-hit`, `rendezvous`, `least-loaded`, `retry`, ...; off with
+/// `observability.topology_headers = false`).
+pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-mlx-cluster-reason");
 
 /// Response header with how many nodes were tried (1 = no retry).
 pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-mlx-cluster-attempts");
@@ -252,7 +258,7 @@ pub struct Forwarded<M> {
 /// succeeds.
 enum LastFailure<M> {
     /// A node answered with a retryable status: passed through as is.
-    Answer(NodeId, Response<Incoming>, M),
+    Answer(NodeId, RoutingReason, Response<Incoming>, M),
     /// No answer: turned into an [`ApiError`].
     Error(ApiError),
 }
@@ -288,7 +294,7 @@ pub async fn forward<P: AttemptPlan>(
                     gw.metrics().no_routable_node();
                 }
                 return match last {
-                    Some(last) => last_failure_response(last, attempt),
+                    Some(last) => last_failure_response(gw, last, attempt),
                     None => Err(no_routable_node(model.as_deref(), &nodes)),
                 };
             }
@@ -296,6 +302,7 @@ pub async fn forward<P: AttemptPlan>(
         };
         let node_id = selection.target.node_id.clone();
         let mut guard = selection.guard;
+        let reason = guard.reason();
         ctx.excluded.push(node_id.clone());
         // One prefill per node at a time (routing.prefill_concurrency).
         match deadline {
@@ -382,6 +389,7 @@ pub async fn forward<P: AttemptPlan>(
                                 attempts: attempt + 1,
                                 deadline,
                                 strip_usage: plan.strip_usage_chunk(),
+                                reason,
                             };
                             let response = Response::from_parts(parts, body);
                             return Ok(Forwarded {
@@ -448,7 +456,7 @@ pub async fn forward<P: AttemptPlan>(
                     gw.metrics().retry(RetryCause::ServerError);
                 }
                 tracing::warn!(node = %node_id, %status, attempt, "node answered {status}; trying another node");
-                last = Some(LastFailure::Answer(node_id, response, mode));
+                last = Some(LastFailure::Answer(node_id, reason, response, mode));
             }
             Err(error) => {
                 let (kind, cause) = match &error {
@@ -464,7 +472,7 @@ pub async fn forward<P: AttemptPlan>(
         }
     }
     match last {
-        Some(last) => last_failure_response(last, attempts),
+        Some(last) => last_failure_response(gw, last, attempts),
         None => Err(ApiError::internal("no attempt was made")),
     }
 }
@@ -506,11 +514,20 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-fn last_failure_response<M>(last: LastFailure<M>, attempts: u32) -> Result<Forwarded<M>, ApiError> {
+fn last_failure_response<M>(
+    gw: &Gateway,
+    last: LastFailure<M>,
+    attempts: u32,
+) -> Result<Forwarded<M>, ApiError> {
     match last {
-        LastFailure::Answer(node, response, mode) => {
+        LastFailure::Answer(node, reason, response, mode) => {
             let response = response.map(Peeked::unread);
-            let mut response = relay_parts(response, &node, |incoming, mode, node| {
+            let topology = gw
+                .settings()
+                .observability
+                .topology_headers
+                .then_some(reason);
+            let mut response = relay_parts(response, &node, topology, |incoming, mode, node| {
                 RelayBody::new(incoming, mode, Duration::from_secs(60), node, NoSink)
             });
             response
@@ -589,12 +606,13 @@ impl OutcomeSink for GuardSink {
     }
 }
 
-/// How an answer is relayed: attempts so far, the request's deadline and
-/// whether to remove the usage chunk.
+/// How an answer is relayed: attempts so far, the request's deadline,
+/// whether to remove the usage chunk, and why the node was chosen.
 struct RelayHow {
     attempts: u32,
     deadline: Option<(tokio::time::Instant, Duration)>,
     strip_usage: bool,
+    reason: RoutingReason,
 }
 
 fn relay(
@@ -613,8 +631,14 @@ fn relay(
         attempts,
         deadline,
         strip_usage,
+        reason,
     } = how;
-    let mut response = relay_parts(response, &node, move |incoming, mode, node| {
+    let topology = gw
+        .settings()
+        .observability
+        .topology_headers
+        .then_some(reason);
+    let mut response = relay_parts(response, &node, topology, move |incoming, mode, node| {
         RelayBody::new(incoming, mode, idle, node, sink)
             .with_deadline(deadline)
             .strip_usage_chunk(strip_usage)
@@ -627,9 +651,12 @@ fn relay(
     response
 }
 
+/// The node's response with its body relayed; `topology` (the reason) when
+/// the topology headers are on.
 fn relay_parts<S: OutcomeSink>(
     response: Response<Peeked>,
     node: &NodeId,
+    topology: Option<RoutingReason>,
     make: impl FnOnce(Peeked, RelayMode, String) -> RelayBody<Peeked, S>,
 ) -> Response {
     let (mut parts, incoming) = response.into_parts();
@@ -648,8 +675,17 @@ fn relay_parts<S: OutcomeSink>(
             .headers
             .insert("x-accel-buffering", HeaderValue::from_static("no"));
     }
-    if let Ok(value) = HeaderValue::from_str(node.as_str()) {
-        parts.headers.insert(NODE_HEADER, value);
+    if let Some(reason) = topology {
+        if let Ok(value) = HeaderValue::from_str(node.as_str()) {
+            parts.headers.insert(NODE_HEADER, value);
+        }
+        parts
+            .headers
+            .insert(REASON_HEADER, HeaderValue::from_static(reason.as_str()));
+    } else {
+        // A node must not reveal the topology either.
+        parts.headers.remove(NODE_HEADER);
+        parts.headers.remove(REASON_HEADER);
     }
     let body = make(incoming, mode, node.as_str().to_owned());
     Response::from_parts(parts, Body::new(body))

@@ -13,7 +13,8 @@
 //! - Needing a restart (reported in [`ReloadReport::restart_required`],
 //!   the rest is still applied): `health`, `backoff`, `routing.session_ttl`
 //!   and `routing.max_sessions`, the discovery timing
-//!   (`refresh_interval`, `validation_timeout`), `gateway` and `node_tls`.
+//!   (`refresh_interval`, `validation_timeout`), `gateway`, `node_tls` and
+//!   `observability`.
 //!
 //! Runtime nodes live in memory only: a restart (or a reload) keeps what the
 //! configuration says and forgets nothing else — except runtime nodes,
@@ -107,6 +108,7 @@ impl Cluster {
             ),
             ("gateway", old.gateway != config.gateway),
             ("node_tls", old.node_tls != config.node_tls),
+            ("observability", old.observability != config.observability),
         ];
         report.restart_required = restart
             .iter()

@@ -1,5 +1,5 @@
-//! `[observability]`: decision records, topology headers, the dashboard's
-//! history and OpenTelemetry tracing.
+//! `[observability]`: decision records, topology headers and the
+//! dashboard's history.
 
 use std::time::Duration;
 
@@ -19,8 +19,7 @@ const MIN_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 /// What the gateway records and exposes about its own decisions.
 ///
 /// Defaults: `decision_log_size` 1000, `topology_headers` true,
-/// `sample_interval` 5s, `history` 15m, `otlp_endpoint` none (tracing
-/// off), `service_name` `mlx-cluster`, `trace_sample_ratio` 1.0.
+/// `sample_interval` 5s, `history` 15m.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ObservabilityConfig {
@@ -39,16 +38,6 @@ pub struct ObservabilityConfig {
     /// `sample_interval`, at most 100000 samples). Default 15m.
     #[serde(with = "crate::duration")]
     pub history: Duration,
-    /// OTLP/HTTP (protobuf) traces endpoint, e.g.
-    /// `http://127.0.0.1:4318/v1/traces`; none = tracing off. Default none.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub otlp_endpoint: Option<String>,
-    /// `service.name` of the exported spans. Default `mlx-cluster`.
-    pub service_name: String,
-    /// Share of requests traced when the client sent no sampled
-    /// `traceparent`, 0 to 1 (a client's sampling decision is kept).
-    /// Default 1.0.
-    pub trace_sample_ratio: f64,
 }
 
 impl Default for ObservabilityConfig {
@@ -58,9 +47,6 @@ impl Default for ObservabilityConfig {
             topology_headers: true,
             sample_interval: Duration::from_secs(5),
             history: Duration::from_secs(15 * 60),
-            otlp_endpoint: None,
-            service_name: "mlx-cluster".to_owned(),
-            trace_sample_ratio: 1.0,
         }
     }
 }
@@ -113,38 +99,8 @@ impl ObservabilityConfig {
                 ),
             );
         }
-        if let Some(endpoint) = &self.otlp_endpoint
-            && let Err(message) = check_endpoint(endpoint)
-        {
-            push("observability.otlp_endpoint", message);
-        }
-        if self.service_name.trim().is_empty() {
-            push("observability.service_name", "must not be empty".to_owned());
-        }
-        if !(0.0..=1.0).contains(&self.trace_sample_ratio) {
-            push(
-                "observability.trace_sample_ratio",
-                format!("must be between 0 and 1 (got {})", self.trace_sample_ratio),
-            );
-        }
         p
     }
-}
-
-/// An `http(s)://host[:port][/path]` URL with a host and no whitespace.
-fn check_endpoint(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| format!("not an http(s) URL: {url:?}"))?;
-    let host = rest.split('/').next().unwrap_or_default();
-    if host.is_empty() || host.starts_with(':') {
-        return Err(format!("no host in {url:?}"));
-    }
-    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("must not contain whitespace: {url:?}"));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -163,9 +119,6 @@ mod tests {
         let c = ObservabilityConfig {
             decision_log_size: MAX_DECISION_LOG_SIZE + 1,
             sample_interval: Duration::from_millis(10),
-            otlp_endpoint: Some("grpc://collector:4317".into()),
-            service_name: " ".into(),
-            trace_sample_ratio: 1.5,
             ..ObservabilityConfig::default()
         };
         let paths: Vec<String> = c.problems().into_iter().map(|p| p.path).collect();
@@ -174,9 +127,6 @@ mod tests {
             [
                 "observability.decision_log_size",
                 "observability.sample_interval",
-                "observability.otlp_endpoint",
-                "observability.service_name",
-                "observability.trace_sample_ratio",
             ]
         );
         let short = ObservabilityConfig {
@@ -190,14 +140,5 @@ mod tests {
             ..ObservabilityConfig::default()
         };
         assert!(long.problems()[0].message.contains("100000 samples"));
-    }
-
-    #[test]
-    fn endpoints() {
-        assert!(check_endpoint("http://127.0.0.1:4318/v1/traces").is_ok());
-        assert!(check_endpoint("https://otel.example.internal/v1/traces").is_ok());
-        assert!(check_endpoint("http:///v1/traces").is_err());
-        assert!(check_endpoint("http://:4318").is_err());
-        assert!(check_endpoint("http://a b").is_err());
     }
 }

@@ -682,27 +682,6 @@ const ENTRIES: &[Raw] = &[
         "How much of the time series the gateway keeps in memory (at least `sample_interval`, at most 100000 samples).",
         None,
     ),
-    (
-        "observability.otlp_endpoint",
-        None,
-        "string (optional)",
-        "OTLP/HTTP (protobuf) endpoint receiving the gateway's traces, e.g. `http://127.0.0.1:4318/v1/traces`: a span per request with child spans for node selection, each upstream attempt, the first byte and the stream's end; the W3C `traceparent` goes to the nodes. Unset = tracing off.",
-        None,
-    ),
-    (
-        "observability.service_name",
-        None,
-        "string",
-        "`service.name` resource attribute of the exported spans.",
-        None,
-    ),
-    (
-        "observability.trace_sample_ratio",
-        None,
-        "number",
-        "Share of requests traced, 0 to 1, when the client sent no `traceparent`; a client's own sampling decision is followed.",
-        None,
-    ),
 ];
 
 /// The default document for a discovery mode (None = the default mode).
@@ -890,7 +869,7 @@ const SECTION_DOCS: &[(&str, &str)] = &[
     ),
     (
         "observability",
-        "What the gateway records and exposes about its routing: decision records, topology headers, the dashboard's time series and OpenTelemetry tracing (see `docs/observability.md`).",
+        "What the gateway records and exposes about its routing: decision records, topology headers and the dashboard's time series (see `docs/observability.md`).",
     ),
 ];
 
