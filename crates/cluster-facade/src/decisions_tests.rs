@@ -10,7 +10,7 @@ use cluster_types::{
 };
 
 use crate::decisions::DecisionQuery;
-use crate::guard::{FailureKind, RequestOutcome};
+use crate::outcome::{FailureKind, RequestOutcome};
 use crate::params::RouterParams;
 use crate::router::Router;
 use crate::snapshot::NodeEntry;

@@ -1,5 +1,9 @@
 //! What `select` hands out: the decision, where to send the request, and
-//! the guard that reports how it went.
+//! the guard that records how it went.
+//!
+//! The guard only records (timestamps, the outcome); what an answer teaches
+//! lives in `learn.rs`, the cache model's side of a request in `ticket.rs`,
+//! the probe slot's release in `probe.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,12 +13,14 @@ use std::time::{Duration, Instant};
 use cluster_metrics::{InFlightGuard, RequestOutcome as MetricsOutcome};
 use cluster_types::{ApiKey, DecisionOutcome, NodeId, RoutingDecision, RoutingReason};
 
-use crate::cache_model::{Held, Inserted};
 use crate::decisions::{Completion, DecisionDraft};
-use crate::live::NodeLive;
+use crate::learn;
+use crate::live::{NodeLive, as_f64};
+use crate::outcome::{FailureKind, RequestOutcome};
 use crate::prefill_gate::{PrefillSlot, hold_limit};
-use crate::router::RouterShared;
-use crate::strategy::as_f64;
+use crate::probe::{self, ProbeClaim};
+use crate::shared::RouterShared;
+use crate::ticket::CacheTicket;
 
 /// Where to send a request: the chosen node's id, base URL (no trailing
 /// slash, no `/v1`), API key and tags.
@@ -41,139 +47,6 @@ pub struct Selection {
     pub target: NodeTarget,
     /// Report the outcome through this (dropping it counts as cancelled).
     pub guard: RequestGuard,
-}
-
-/// Why a request failed (for passive health and metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum FailureKind {
-    /// The connection could not be established.
-    Connect,
-    /// No answer (or no first byte) in time.
-    Timeout,
-    /// The node answered with a 5xx status other than 503.
-    ServerError {
-        /// The HTTP status.
-        status: u16,
-    },
-    /// The connection broke mid-way.
-    Reset,
-    /// The answer could not be understood.
-    InvalidResponse,
-    /// The node answered that it cannot serve what it listed: 404 on the
-    /// completion path (mlx_lm.server once its generation thread died
-    /// answers every completion 404 while `/v1/models` still lists the
-    /// model).
-    NotServed {
-        /// The HTTP status.
-        status: u16,
-    },
-}
-
-/// How a routed request ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RequestOutcome {
-    /// Completed; token counts from the answer's `usage` when present
-    /// (`prompt_tokens`, `prompt_tokens_details.cached_tokens`,
-    /// `completion_tokens`).
-    Success {
-        /// Prompt tokens the node reported.
-        prompt_tokens: Option<u32>,
-        /// Of those, tokens served from its prompt cache.
-        cached_tokens: Option<u32>,
-        /// Tokens generated.
-        completion_tokens: Option<u32>,
-    },
-    /// 429 or 503: the node is busy. Raises its load estimate and skips it
-    /// for `retry_after` (default 1 s, at most 60 s); does not count against
-    /// its health.
-    Overloaded {
-        /// The `Retry-After` the node sent, if any.
-        retry_after: Option<Duration>,
-    },
-    /// The request failed at the node; counts against its health.
-    Failed {
-        /// What went wrong.
-        kind: FailureKind,
-    },
-    /// The client went away; neither success nor failure for the node.
-    ClientCancelled,
-}
-
-impl RequestOutcome {
-    /// A success without token counts.
-    #[must_use]
-    pub const fn success() -> Self {
-        Self::Success {
-            prompt_tokens: None,
-            cached_tokens: None,
-            completion_tokens: None,
-        }
-    }
-
-    /// A success with token counts.
-    #[must_use]
-    pub const fn success_with_usage(prompt: u32, cached: u32, completion: u32) -> Self {
-        Self::Success {
-            prompt_tokens: Some(prompt),
-            cached_tokens: Some(cached),
-            completion_tokens: Some(completion),
-        }
-    }
-
-    /// Whether this counts against the node's health.
-    #[must_use]
-    pub const fn is_node_failure(&self) -> bool {
-        matches!(self, Self::Failed { .. })
-    }
-}
-
-/// One request's claim on a half-open node's single probe slot.
-pub(crate) trait ProbeTicket: Send {
-    /// Reports the probe request's outcome (this is the node's passive
-    /// health signal for the request).
-    fn complete(self: Box<Self>, outcome: &RequestOutcome, latency: Duration);
-}
-
-/// Hands out probe slots (the cluster's health orchestrator).
-pub(crate) trait ProbeGate: Send + Sync {
-    /// The node's probe slot, if it is free now.
-    fn try_acquire(&self, node: &NodeId) -> Option<Box<dyn ProbeTicket>>;
-}
-
-/// How a request holds a probe slot.
-pub(crate) enum ProbeClaim {
-    /// The node's own flag (routers without health).
-    Flag,
-    /// A permit from the health orchestrator.
-    Ticket(Box<dyn ProbeTicket>),
-}
-
-impl std::fmt::Debug for ProbeClaim {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Flag => "ProbeClaim::Flag",
-            Self::Ticket(_) => "ProbeClaim::Ticket",
-        })
-    }
-}
-
-/// Cache-model bookkeeping of one request: inserted at select, confirmed
-/// or rolled back at finish.
-#[derive(Debug)]
-pub(crate) struct CacheTicket {
-    pub(crate) slot: u32,
-    pub(crate) chain: Arc<[u64]>,
-    pub(crate) inserted: Option<Inserted>,
-    /// Prompt tokens the node was predicted to serve from its cache.
-    pub(crate) predicted_cached: Option<u64>,
-    /// The entry the request extends exactly (its conversation's last
-    /// turn on the node), when the prediction rests on one.
-    pub(crate) held: Option<Held>,
-    /// Canonical prompt bytes and bytes per block (to convert reports).
-    pub(crate) prompt_bytes: u64,
-    pub(crate) block_bytes: u64,
 }
 
 /// Counts one request in flight on its node until finished.
@@ -385,7 +258,21 @@ impl RequestGuard {
                 if let (Some(p), Some(c)) = (prompt_tokens, cached_tokens) {
                     let (p, c) = (u64::from(p), u64::from(c).min(u64::from(p)));
                     let reply = completion_tokens.map_or(0, u64::from);
-                    self.learn(p, c, reply);
+                    let answer = learn::Answer {
+                        prompt: p,
+                        cached: c,
+                        reply,
+                        started: self.started,
+                        admitted_at: self.admitted_at,
+                        first_byte_at: self.first_byte_at,
+                        streamed: self.streamed,
+                        queued_ahead: self.queued_ahead,
+                    };
+                    let error =
+                        learn::answered(&shared, &live, &self.node_id, &answer, self.cache.take());
+                    if let (Some(draft), Some(error)) = (self.draft.as_mut(), error) {
+                        draft.prediction_error_blocks = Some(error);
+                    }
                     live.cache_updated
                         .store(shared.epoch.encode(now), Ordering::Relaxed);
                 }
@@ -412,21 +299,14 @@ impl RequestGuard {
                 }
             }
         }
-        match self.probe.take() {
-            Some(ProbeClaim::Flag) => {
-                live.probe_in_flight.store(false, Ordering::Release);
-                if let Some(obs) = shared.observer.get() {
-                    obs.observe(&self.node_id, &outcome, latency);
-                }
-            }
-            // The probe's outcome is the health signal: no second report.
-            Some(ProbeClaim::Ticket(ticket)) => ticket.complete(&outcome, latency),
-            None => {
-                if let Some(obs) = shared.observer.get() {
-                    obs.observe(&self.node_id, &outcome, latency);
-                }
-            }
-        }
+        probe::report(
+            self.probe.take(),
+            &live,
+            shared.observer.get(),
+            &self.node_id,
+            &outcome,
+            latency,
+        );
         if let Some(draft) = self.draft.take() {
             let ms = |d: Duration| d.as_secs_f64() * 1000.0;
             let (prompt_tokens, cached_tokens, completion_tokens) = match outcome {
@@ -455,99 +335,9 @@ impl RequestGuard {
     }
 
     fn rollback(&mut self) {
-        if let Some(ticket) = self.cache.take()
-            && let Some(ins) = ticket.inserted
-        {
-            self.shared.cache.lock().rollback(ticket.slot, ins);
+        if let Some(ticket) = self.cache.take() {
+            ticket.roll_back(&self.shared.cache);
         }
-    }
-
-    /// Everything one answered request teaches, from the node's report of
-    /// `prompt` tokens of which `cached` came from its cache, and a `reply`
-    /// of that many tokens: the node's hit rate, tokens per byte, prefill
-    /// rate and reply reuse, the cluster's follow-up turn size, the cache
-    /// model's fidelity, and the cache model itself.
-    fn learn(&mut self, prompt: u64, cached: u64, reply: u64) {
-        let shared = Arc::clone(&self.shared);
-        let params = shared.params.load();
-        let cost = &params.cost;
-        let live = Arc::clone(&self.live);
-        live.last_reported_cached.store(cached, Ordering::Relaxed);
-        if prompt == 0 {
-            return;
-        }
-        live.hit_rate.blend(as_f64(cached) / as_f64(prompt), 0.2);
-        let uncached = prompt - cached;
-        if cached > 0 {
-            shared.warm_turn.blend(as_f64(uncached), 0.2);
-        }
-        // Prefill rate: uncached tokens over the time the node spent on
-        // them (from admission when the gate admitted the request, else
-        // including what was queued ahead of it) — only when the first byte
-        // was the first token.
-        if let Some(fb) = self.first_byte_at.filter(|_| self.streamed) {
-            let (from, work) = match self.admitted_at {
-                Some(at) if live.gate.read().limit() > 0 => (at, uncached),
-                _ => (self.started, uncached + self.queued_ahead),
-            };
-            let secs = fb.saturating_duration_since(from).as_secs_f64();
-            if work >= cost.min_rate_sample_tokens && secs > 0.0 {
-                let default = cost.default_prefill_tokens_per_second.max(1e-3);
-                let clamp = cost.rate_clamp.max(1.0);
-                let sample = (as_f64(work) / secs).clamp(default / clamp, default * clamp);
-                live.prefill_rate
-                    .blend(sample, cost.rate_ewma_alpha.clamp(0.0, 1.0));
-            }
-        }
-        let Some(ticket) = self.cache.take() else {
-            return;
-        };
-        let tpb = as_f64(prompt) / as_f64(ticket.prompt_bytes.max(1));
-        live.tokens_per_byte.blend(tpb, 0.2);
-        let block_tokens = (as_f64(ticket.block_bytes) * tpb).max(1.0);
-        if let Some(held) = ticket.held
-            && held.reply > 0
-        {
-            let from_prompt = held.tokens - held.reply;
-            // Only a cache that kept the whole prompt says how much of the
-            // reply it reuses.
-            if cached + 1 >= from_prompt {
-                let reused = (as_f64(cached) - as_f64(from_prompt)).max(0.0) / as_f64(held.reply);
-                live.reply_reuse.blend(reused.clamp(0.0, 1.0), 0.2);
-            }
-        }
-        tracing::debug!(
-            node = %self.node_id,
-            gate_wait_ms = self.gate_wait().map_or(0, |d| d.as_millis()),
-            ttft_ms = self.time_to_first_byte().map_or(0, |d| d.as_millis()),
-            prompt,
-            cached,
-            predicted = ticket.predicted_cached.unwrap_or_default(),
-            "answered"
-        );
-        let mut kept = None;
-        if let Some(predicted) = ticket.predicted_cached {
-            let error = (as_f64(predicted) - as_f64(cached)) / block_tokens;
-            live.counters.observe_cache_prediction(error.abs());
-            if let Some(draft) = self.draft.as_mut() {
-                draft.prediction_error_blocks = Some(error.abs());
-            }
-            let mut model = shared.cache.lock();
-            if error > 1.0 {
-                // The node had evicted part of what the model believed.
-                let blocks = (as_f64(cached) / block_tokens).floor() as usize;
-                kept = Some(blocks.min(ticket.chain.len()));
-                model.feedback(ticket.slot, false);
-            } else if predicted > 0 {
-                model.feedback(ticket.slot, true);
-            }
-            drop(model);
-        }
-        let own = ticket.inserted.map(|i| i.id);
-        shared
-            .cache
-            .lock()
-            .confirm(ticket.slot, own, &ticket.chain, kept, prompt, reply);
     }
 }
 

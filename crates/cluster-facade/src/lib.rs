@@ -56,16 +56,21 @@ mod error;
 mod events;
 mod guard;
 mod layered;
+mod learn;
 mod live;
 mod node_tls;
+mod outcome;
 mod params;
 mod prefill_gate;
+mod probe;
 mod published;
 mod router;
 #[cfg(test)]
 mod router_tests;
+mod shared;
 mod snapshot;
 mod strategy;
+mod ticket;
 
 pub use cache_model::{CacheModel, CacheModelParams};
 pub use cluster::{Cluster, ClusterBuilder, EVENT_CAPACITY, ReloadReport};
@@ -78,8 +83,9 @@ pub use coordinator::{WARMUP_USER_MESSAGE, warmup_context};
 pub use decisions::{DecisionLog, DecisionQuery};
 pub use error::FacadeError;
 pub use events::ClusterEvent;
-pub use guard::{FailureKind, NodeTarget, RequestGuard, RequestOutcome, Selection};
+pub use guard::{NodeTarget, RequestGuard, Selection};
 pub use layered::{RUNTIME_ORIGIN, TAG_RUNTIME};
+pub use outcome::{FailureKind, RequestOutcome};
 pub use params::{CostParams, RouterParams};
 pub use prefill_gate::TAG_PREFILL_CONCURRENCY;
 pub use published::{

@@ -31,6 +31,11 @@ impl Epoch {
     }
 }
 
+/// A count as a float (exact below 2^53, which every count here is).
+pub(crate) fn as_f64(x: u64) -> f64 {
+    x as f64
+}
+
 /// An `f64` in an `AtomicU64`.
 #[derive(Debug)]
 pub(crate) struct AtomicF64(AtomicU64);

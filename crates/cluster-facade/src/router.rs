@@ -1,36 +1,29 @@
 //! The routing core: one published snapshot, the strategies, sessions and
 //! the cache model — no I/O, time from an injected clock.
 
-use std::collections::HashMap;
-use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use cluster_metrics::{SharedClock, aggregate_cluster_metrics};
 use cluster_types::{
     ClusterMetrics, LoadBalanceStrategy, NodeCacheState, NodeId, NodeMetrics, RoutingContext,
     RoutingDecision, RoutingReason, RunnerUp,
 };
-use parking_lot::Mutex;
-use rand::SeedableRng;
-use rand::rngs::SmallRng;
 
-use crate::cache_model::CacheModel;
 use crate::decisions::{DecisionDraft, DecisionLog};
 use crate::error::FacadeError;
-use crate::guard::{CacheTicket, NodeTarget, ProbeGate, RequestGuard, RequestOutcome, Selection};
-use crate::live::{AtomicF64, Epoch, NodeLive, REPORTED_QUEUE_MAX_AGE};
+use crate::guard::{NodeTarget, RequestGuard, Selection};
+use crate::live::{NodeLive, REPORTED_QUEUE_MAX_AGE};
 use crate::params::RouterParams;
 use crate::prefill_gate::{PrefillGate, TAG_PREFILL_CONCURRENCY};
+use crate::probe::{OutcomeObserver, ProbeGate};
+use crate::shared::{Publisher, RouterShared};
 use crate::snapshot::{ClusterSnapshot, NodeEntry, SnapNode};
-use crate::strategy::cache_aware::{self, Prompt, Scratch};
-use crate::strategy::cache_score::{CacheScore, enc_hash};
-use crate::strategy::least_loaded::LeastLoaded;
-use crate::strategy::round_robin::RoundRobin;
-use crate::strategy::session::SessionTable;
+use crate::strategy::cache_aware::{self, Prompt};
+use crate::strategy::cache_score::enc_hash;
 use crate::strategy::{Pick, as_f64, filter, p2c};
+use crate::ticket::CacheTicket;
 
 /// Node tag overriding `cache.max_prefixes_per_node` for one node (its
 /// `--prompt-cache-size`), e.g. `prompt_cache_entries = "4"`.
@@ -38,68 +31,6 @@ pub const TAG_CACHE_ENTRIES: &str = "prompt_cache_entries";
 
 /// Node tag overriding `cache.max_tokens_per_node` for one node.
 pub const TAG_CACHE_TOKENS: &str = "prompt_cache_tokens";
-
-/// Receives every finished request (the cluster feeds passive health with
-/// it).
-pub(crate) trait OutcomeObserver: Send + Sync {
-    fn observe(&self, node: &NodeId, outcome: &RequestOutcome, latency: Duration);
-}
-
-/// Serialises snapshot rebuilds and remembers each node's live state.
-#[derive(Debug, Default)]
-struct Publisher {
-    generation: u64,
-    lives: HashMap<NodeId, Arc<NodeLive>>,
-}
-
-/// State shared by the router and every request guard.
-pub(crate) struct RouterShared {
-    /// Swapped whole by [`Router::set_params`] (config reload).
-    pub(crate) params: ArcSwap<RouterParams>,
-    pub(crate) clock: SharedClock,
-    pub(crate) epoch: Epoch,
-    snapshot: ArcSwap<ClusterSnapshot>,
-    publisher: Mutex<Publisher>,
-    pub(crate) cache: Mutex<CacheModel>,
-    /// Measured uncached tokens of a follow-up turn (EWMA over answers that
-    /// were cache hits; 0 = none yet).
-    pub(crate) warm_turn: AtomicF64,
-    scratch: Mutex<Scratch>,
-    sessions: SessionTable,
-    rr: RoundRobin,
-    ll: LeastLoaded,
-    score: CacheScore,
-    rng: Mutex<SmallRng>,
-    pub(crate) observer: OnceLock<Arc<dyn OutcomeObserver>>,
-    probe_gate: OnceLock<Arc<dyn ProbeGate>>,
-    pub(crate) decisions: DecisionLog,
-}
-
-impl RouterShared {
-    /// Converts a router-clock instant to unix milliseconds (through the
-    /// system clock's current offset).
-    pub(crate) fn unix_ms(&self, t: Instant) -> u64 {
-        let now = self.clock.now();
-        let sys = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let at = if t <= now {
-            sys.saturating_sub(now - t)
-        } else {
-            sys + (t - now)
-        };
-        u64::try_from(at.as_millis()).unwrap_or(u64::MAX)
-    }
-}
-
-impl fmt::Debug for RouterShared {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RouterShared")
-            .field("strategy", &self.params.load().strategy)
-            .field("generation", &self.snapshot.load().generation())
-            .finish_non_exhaustive()
-    }
-}
 
 /// The routing core used by the [`Cluster`](crate::Cluster), usable alone
 /// (simulations, benchmarks, custom front ends).
@@ -136,27 +67,8 @@ impl Router {
     /// An empty router (no nodes) with `params` and `clock`.
     #[must_use]
     pub fn new(params: RouterParams, clock: SharedClock) -> Self {
-        let epoch = Epoch::new(clock.now());
-        let shared = RouterShared {
-            cache: Mutex::new(CacheModel::new(params.cache)),
-            warm_turn: AtomicF64::new(0.0),
-            scratch: Mutex::new(Scratch::default()),
-            sessions: SessionTable::new(params.session_ttl, params.max_sessions),
-            rng: Mutex::new(SmallRng::seed_from_u64(params.seed)),
-            decisions: DecisionLog::new(params.decision_log_size),
-            params: ArcSwap::from_pointee(params),
-            clock,
-            epoch,
-            snapshot: ArcSwap::from_pointee(ClusterSnapshot::default()),
-            publisher: Mutex::new(Publisher::default()),
-            rr: RoundRobin::default(),
-            ll: LeastLoaded::default(),
-            score: CacheScore::default(),
-            observer: OnceLock::new(),
-            probe_gate: OnceLock::new(),
-        };
         Self {
-            shared: Arc::new(shared),
+            shared: Arc::new(RouterShared::new(params, clock)),
         }
     }
 
@@ -362,21 +274,7 @@ impl Router {
         // Cache model: what the node will hold once it has the prompt.
         let prompt_tokens = prompt.tokens(node);
         let cache = model_guard.as_deref_mut().and_then(|model| {
-            if prompt.chain.is_empty() {
-                return None;
-            }
-            let held = model.held(live.cache_slot, prompt.chain, pick.cached_blocks);
-            let chain: Arc<[u64]> = Arc::from(prompt.chain);
-            let inserted = model.insert(live.cache_slot, Arc::clone(&chain), prompt_tokens, now);
-            Some(CacheTicket {
-                slot: live.cache_slot,
-                chain,
-                inserted,
-                predicted_cached: pick.predicted_cached,
-                held,
-                prompt_bytes: prompt.bytes,
-                block_bytes: prompt.block_bytes,
-            })
+            CacheTicket::open(model, live.cache_slot, &prompt, &pick, prompt_tokens, now)
         });
         drop(model_guard);
         if !cache_aware {

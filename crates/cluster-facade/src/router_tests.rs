@@ -10,9 +10,10 @@ use cluster_types::{
 };
 use parking_lot::Mutex;
 
-use crate::guard::{FailureKind, RequestOutcome};
+use crate::outcome::{FailureKind, RequestOutcome};
 use crate::params::RouterParams;
-use crate::router::{OutcomeObserver, Router};
+use crate::probe::OutcomeObserver;
+use crate::router::Router;
 use crate::snapshot::NodeEntry;
 
 fn nodes(ids: &[&str]) -> Vec<NodeEntry> {

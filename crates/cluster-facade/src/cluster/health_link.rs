@@ -7,8 +7,8 @@ use std::time::Duration;
 use cluster_health::{ClusterHealth, Observation, ProbeGuard};
 use cluster_types::NodeId;
 
-use crate::guard::{ProbeGate, ProbeTicket, RequestOutcome};
-use crate::router::OutcomeObserver;
+use crate::outcome::RequestOutcome;
+use crate::probe::{OutcomeObserver, ProbeGate, ProbeTicket};
 
 /// Feeds passive outcomes of real requests to health.
 pub(super) struct HealthObserver(pub(super) Arc<ClusterHealth>);

@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use cluster_types::{NodeId, RoutingReason};
 
 use super::{Candidates, Pick};
-use crate::guard::{ProbeClaim, ProbeGate};
+use crate::probe::{ProbeClaim, ProbeGate};
 use crate::snapshot::{ClusterSnapshot, Tier};
 
 /// Runs the passes of the [module docs](self), calling `choose` on each

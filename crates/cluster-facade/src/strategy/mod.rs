@@ -141,10 +141,7 @@ pub(crate) fn margin(best: f64, other: f64) -> f64 {
     }
 }
 
-/// A count as a float (exact below 2^53, which every count here is).
-pub(crate) fn as_f64(x: u64) -> f64 {
-    x as f64
-}
+pub(crate) use crate::live::as_f64;
 
 #[cfg(test)]
 pub(crate) mod testutil {
