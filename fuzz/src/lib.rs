@@ -23,9 +23,9 @@
 //! ```
 
 use bytes::Bytes;
-use cluster_gateway::limits::{MAX_JSON_DEPTH, json_too_deep};
-use cluster_gateway::request::{ApiKind, ParsedRequest};
-use cluster_gateway::sniff::{JsonSniffer, SseSniffer, usage_from_json};
+use cluster_gateway::{ApiKind, ParsedRequest};
+use cluster_gateway::{JsonSniffer, SseSniffer, usage_from_json};
+use cluster_gateway::{MAX_JSON_DEPTH, json_too_deep};
 use cluster_types::{ClusterConfig, ConfigFormat, parse_api_keys_file};
 use http::HeaderMap;
 
@@ -173,7 +173,7 @@ pub fn endpoint_slices(data: &[u8]) {
 /// written must be JSON, and cutting the stream elsewhere must not change
 /// the events).
 pub fn anthropic(data: &[u8]) {
-    use cluster_gateway::anthropic::{Endpoint, MessagesRequest, ReplyMeta, StreamTranslator};
+    use cluster_gateway::{Endpoint, MessagesRequest, ReplyMeta, StreamTranslator};
     let Some((&selector, rest)) = data.split_first() else {
         return;
     };
@@ -205,7 +205,7 @@ pub fn anthropic(data: &[u8]) {
             }
         }
         1 => {
-            if let Ok(message) = cluster_gateway::anthropic::translate_response(rest, &meta()) {
+            if let Ok(message) = cluster_gateway::translate_response(rest, &meta()) {
                 json(&message, "a translated answer");
             }
         }

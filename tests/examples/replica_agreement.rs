@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
 use cluster_facade::{Cluster, RequestOutcome, RouterParams};
-use cluster_gateway::gateway::Gateway;
-use cluster_gateway::request::{ApiKind, ParsedRequest};
+use cluster_gateway::Gateway;
+use cluster_gateway::{ApiKind, ParsedRequest};
 use cluster_sim::SimNodeConfig;
 use cluster_sim::fleet::{Fleet, FleetConfig};
 use cluster_sim::workload::{Expander, Trace, WorkloadConfig};
@@ -69,7 +69,7 @@ async fn replica(nodes: &[String], consistent: bool) -> Replica {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
-        let _ = cluster_gateway::server::serve(listener, gateway, std::future::pending()).await;
+        let _ = cluster_gateway::serve(listener, gateway, std::future::pending()).await;
     });
     let started = Instant::now();
     while cluster

@@ -49,13 +49,9 @@ fn main() -> ExitCode {
         Some("__node") => child_node(),
         Some("__gateway") => {
             let config = args.get(2).cloned().unwrap_or_default();
-            let cli = cluster_gateway::cli::Cli::parse_from([
-                "mlx-cluster",
-                "serve",
-                "--config",
-                &config,
-            ]);
-            cluster_gateway::cli::run(cli)
+            let cli =
+                cluster_gateway::Cli::parse_from(["mlx-cluster", "serve", "--config", &config]);
+            cluster_gateway::run(cli)
         }
         _ => match parent(&Options::parse()) {
             Ok(()) => ExitCode::SUCCESS,

@@ -74,7 +74,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// [`GatewayError::Announce`] for a bad argument, an mDNS daemon that
 /// cannot start, or a build without the `mdns` feature.
 #[cfg(feature = "mdns")]
-pub async fn run(args: AnnounceArgs) -> Result<(), GatewayError> {
+pub(crate) async fn run(args: AnnounceArgs) -> Result<(), GatewayError> {
     use std::sync::Arc;
 
     use cluster_facade::{AnnounceConfig, HttpNodeValidator, MdnsAnnouncer};

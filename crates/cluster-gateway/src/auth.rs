@@ -46,7 +46,7 @@ use crate::gateway::Gateway;
 
 /// SHA-256 of `secret`.
 #[must_use]
-pub fn sha256(secret: &[u8]) -> [u8; 32] {
+pub(crate) fn sha256(secret: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest::digest(&digest::SHA256, secret).as_ref());
     out
@@ -77,7 +77,7 @@ fn decode_hex(hex: &str) -> Option<[u8; 32]> {
 /// A token bucket: `capacity` tokens, refilled at `capacity` per `period`.
 /// Pure: time comes in as an argument. Starts full.
 #[derive(Debug, Clone)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     capacity: f64,
     per_second: f64,
     tokens: f64,
@@ -87,7 +87,7 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket of `capacity` tokens refilled over `period`.
     #[must_use]
-    pub fn new(capacity: u32, period: Duration) -> Self {
+    pub(crate) fn new(capacity: u32, period: Duration) -> Self {
         let capacity = f64::from(capacity.max(1));
         Self {
             capacity,
@@ -101,7 +101,7 @@ impl TokenBucket {
     ///
     /// # Errors
     /// The wait until the next token.
-    pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
         if let Some(last) = self.last {
             let elapsed = now.saturating_duration_since(last).as_secs_f64();
             self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
@@ -421,7 +421,7 @@ fn presented_keys(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
 
 /// Whether `path` is served without a client key.
 #[must_use]
-pub fn is_open_path(path: &str) -> bool {
+pub(crate) fn is_open_path(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/") || path.starts_with("/admin/")
 }
 
@@ -431,7 +431,7 @@ fn is_anthropic(path: &str) -> bool {
 
 /// The 401 answer for `path`.
 #[must_use]
-pub fn unauthorized(path: &str) -> Response {
+pub(crate) fn unauthorized(path: &str) -> Response {
     const MESSAGE: &str = "missing or invalid API key: send a key configured in gateway.api_keys as `Authorization: Bearer KEY` or `x-api-key: KEY`";
     let mut response = if is_anthropic(path) {
         AnthropicError::new(StatusCode::UNAUTHORIZED, MESSAGE).into_response()
@@ -452,7 +452,7 @@ pub fn unauthorized(path: &str) -> Response {
 
 /// The 429 answer for `path` and `refusal`, with `Retry-After`.
 #[must_use]
-pub fn limited(path: &str, key_name: &str, refusal: Refusal) -> Response {
+pub(crate) fn limited(path: &str, key_name: &str, refusal: Refusal) -> Response {
     let (message, wait) = match refusal {
         Refusal::RateLimited(wait) => (
             format!("rate limit of key {key_name:?} reached (requests_per_minute)"),
@@ -481,7 +481,11 @@ pub fn limited(path: &str, key_name: &str, refusal: Refusal) -> Response {
 
 /// Middleware: enforces client keys and their limits (see the module docs).
 /// Does nothing when no key is configured.
-pub async fn authenticate(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
+pub(crate) async fn authenticate(
+    State(gw): State<Arc<Gateway>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let Some(keys) = gw.settings().client_keys.as_deref() else {
         return next.run(req).await;
     };

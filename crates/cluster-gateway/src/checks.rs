@@ -14,7 +14,7 @@ use cluster_types::{ClusterConfig, DiscoveryConfig, NodeSpec};
 
 /// Discovery backends this binary was built with (`dns`, `k8s`).
 #[must_use]
-pub fn compiled_features() -> Vec<&'static str> {
+pub(crate) fn compiled_features() -> Vec<&'static str> {
     let mut features = Vec::new();
     if cfg!(feature = "dns") {
         features.push("dns");
@@ -27,7 +27,7 @@ pub fn compiled_features() -> Vec<&'static str> {
 
 /// One finding: the config path it is about and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
+pub(crate) struct Finding {
     /// Dotted path of the setting, e.g. `discovery.mode`.
     pub path: String,
     /// What is wrong and what to do.
@@ -37,7 +37,7 @@ pub struct Finding {
 /// Errors and warnings of a valid `config`, for a binary built with
 /// `features` (see [`compiled_features`]).
 #[must_use]
-pub fn check(config: &ClusterConfig, features: &[&str]) -> (Vec<Finding>, Vec<Finding>) {
+pub(crate) fn check(config: &ClusterConfig, features: &[&str]) -> (Vec<Finding>, Vec<Finding>) {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     let push = |list: &mut Vec<Finding>, path: String, message: String| {

@@ -21,7 +21,7 @@ use crate::upstream::{UpstreamClient, UpstreamSettings};
 /// The configuration `serve` uses without `--config`: one static node at
 /// mlx_lm.server's default address. `MLX_CLUSTER_*` variables override it
 /// like a file (e.g. `MLX_CLUSTER_DISCOVERY__NODES__0__URL`).
-pub const DEFAULT_CONFIG_TOML: &str = r#"
+pub(crate) const DEFAULT_CONFIG_TOML: &str = r#"
 [discovery]
 mode = "static"
 nodes = [{ id = "local", url = "http://127.0.0.1:8080" }]
@@ -141,7 +141,7 @@ fn config_error(e: &FacadeError) -> GatewayError {
 
 /// Every problem of a configuration error, one `path: message` per line.
 #[must_use]
-pub fn describe_config_error(e: &FacadeError) -> String {
+pub(crate) fn describe_config_error(e: &FacadeError) -> String {
     match e {
         FacadeError::InvalidConfig { path, problems } => {
             let mut text = String::new();
@@ -158,7 +158,7 @@ pub fn describe_config_error(e: &FacadeError) -> String {
 }
 
 /// Loads the configuration `serve` would use.
-pub fn load_serve_config(path: Option<&Path>) -> Result<ClusterConfig, FacadeError> {
+pub(crate) fn load_serve_config(path: Option<&Path>) -> Result<ClusterConfig, FacadeError> {
     match path {
         Some(path) => cluster_facade::load_config(path),
         None => {
@@ -232,7 +232,7 @@ fn check_config(file: &Path) -> ExitCode {
 ///
 /// # Errors
 /// A message when `name` is not a valid key name or the secret is empty.
-pub fn key_file_line(name: &str, secret: &str) -> Result<String, String> {
+pub(crate) fn key_file_line(name: &str, secret: &str) -> Result<String, String> {
     if !cluster_types::config::is_valid_key_name(name) {
         return Err(format!(
             "invalid key name {name:?}: 1-64 characters of A-Z a-z 0-9 _ - ."
@@ -313,7 +313,7 @@ fn config_has_tls(gateway: &Gateway) -> bool {
 }
 
 /// Fetches a gateway's `/v1/cluster/status`.
-pub async fn fetch_status(url: &str) -> Result<ClusterState, GatewayError> {
+pub(crate) async fn fetch_status(url: &str) -> Result<ClusterState, GatewayError> {
     let client = UpstreamClient::new(UpstreamSettings::default());
     let base = url.trim_end_matches('/');
     let http_err = |message: String| GatewayError::Http {
@@ -359,7 +359,7 @@ fn opt_ms(v: Option<f64>) -> String {
 
 /// The node table printed by `mlx-cluster status`.
 #[must_use]
-pub fn node_table(state: &ClusterState) -> String {
+pub(crate) fn node_table(state: &ClusterState) -> String {
     let m = &state.metrics;
     let mut rows = vec![[
         "NODE".to_owned(),

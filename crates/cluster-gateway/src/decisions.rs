@@ -37,7 +37,7 @@ use crate::error::{ApiError, codes};
 use crate::gateway::Gateway;
 
 /// The endpoint's path.
-pub const DECISIONS_PATH: &str = "/v1/cluster/decisions";
+pub(crate) const DECISIONS_PATH: &str = "/v1/cluster/decisions";
 
 /// The JSON answer.
 #[derive(Debug, Serialize)]
@@ -64,7 +64,7 @@ fn invalid(message: String) -> ApiError {
 ///
 /// # Errors
 /// A 400 naming the bad parameter.
-pub fn parse_query(
+pub(crate) fn parse_query(
     params: &HashMap<String, String>,
     capacity: usize,
 ) -> Result<DecisionQuery, ApiError> {
@@ -99,7 +99,7 @@ pub fn parse_query(
 }
 
 /// `GET /v1/cluster/decisions` (see the module docs).
-pub async fn decisions(
+pub(crate) async fn decisions(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,

@@ -88,7 +88,7 @@ fn demo_error(message: impl Into<String>) -> GatewayError {
 /// The cluster configuration of one strategy's stack: static nodes, fast
 /// health checks (the demo runs in scaled time), the given strategy.
 #[must_use]
-pub fn demo_config(urls: &[String], strategy: LoadBalanceStrategy) -> ClusterConfig {
+pub(crate) fn demo_config(urls: &[String], strategy: LoadBalanceStrategy) -> ClusterConfig {
     let mut config = ClusterConfig {
         discovery: cluster_types::DiscoveryConfig::Static(StaticDiscovery {
             nodes: urls
@@ -190,7 +190,7 @@ fn progress_line(done: u64, total: u64, started: Instant) -> String {
 }
 
 /// Runs the demo (see the module docs).
-pub async fn run(args: DemoArgs) -> Result<(), GatewayError> {
+pub(crate) async fn run(args: DemoArgs) -> Result<(), GatewayError> {
     server::init_logging(cluster_types::LogFormat::Human, "warn");
     if args.strategies.is_empty() || args.nodes == 0 || args.sessions == 0 {
         return Err(demo_error("need at least one strategy, node and session"));
@@ -345,7 +345,7 @@ fn secs(v: Option<f64>) -> String {
 
 /// The end-of-demo table: one row per strategy.
 #[must_use]
-pub fn comparison_table(rows: &[(LoadBalanceStrategy, ReplaySummary)]) -> String {
+pub(crate) fn comparison_table(rows: &[(LoadBalanceStrategy, ReplaySummary)]) -> String {
     let baseline = rows
         .iter()
         .find(|(s, _)| *s == LoadBalanceStrategy::RoundRobin)

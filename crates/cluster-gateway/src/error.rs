@@ -27,44 +27,44 @@ pub struct ApiError {
 }
 
 /// The `code` values the gateway uses.
-pub mod codes {
+pub(crate) mod codes {
     /// The body is larger than `gateway.max_body_bytes` (413).
-    pub const BODY_TOO_LARGE: &str = "body_too_large";
+    pub(crate) const BODY_TOO_LARGE: &str = "body_too_large";
     /// The body is not the JSON the endpoint expects (400).
-    pub const INVALID_BODY: &str = "invalid_body";
+    pub(crate) const INVALID_BODY: &str = "invalid_body";
     /// No routable node serves the model (503).
-    pub const NO_ROUTABLE_NODE: &str = "no_routable_node";
+    pub(crate) const NO_ROUTABLE_NODE: &str = "no_routable_node";
     /// Every attempt failed to connect or answered 5xx (502).
-    pub const UPSTREAM_UNAVAILABLE: &str = "upstream_unavailable";
+    pub(crate) const UPSTREAM_UNAVAILABLE: &str = "upstream_unavailable";
     /// The node did not answer within the first-byte timeout (504).
-    pub const UPSTREAM_TIMEOUT: &str = "upstream_timeout";
+    pub(crate) const UPSTREAM_TIMEOUT: &str = "upstream_timeout";
     /// The node stopped mid-stream or sent an invalid body (502).
-    pub const UPSTREAM_ERROR: &str = "upstream_error";
+    pub(crate) const UPSTREAM_ERROR: &str = "upstream_error";
     /// The node stopped sending for longer than the idle timeout (504).
-    pub const UPSTREAM_IDLE_TIMEOUT: &str = "upstream_idle_timeout";
+    pub(crate) const UPSTREAM_IDLE_TIMEOUT: &str = "upstream_idle_timeout";
     /// The body did not arrive within `gateway.body_read_timeout` (408).
-    pub const BODY_READ_TIMEOUT: &str = "body_read_timeout";
+    pub(crate) const BODY_READ_TIMEOUT: &str = "body_read_timeout";
     /// The request head is larger than `gateway.max_header_bytes` (431).
-    pub const HEADERS_TOO_LARGE: &str = "headers_too_large";
+    pub(crate) const HEADERS_TOO_LARGE: &str = "headers_too_large";
     /// Missing or unknown client API key (401).
-    pub const INVALID_API_KEY: &str = "invalid_api_key";
+    pub(crate) const INVALID_API_KEY: &str = "invalid_api_key";
     /// A client key's `requests_per_minute` or `max_concurrent` is used up
     /// (429).
-    pub const RATE_LIMITED: &str = "rate_limit_exceeded";
+    pub(crate) const RATE_LIMITED: &str = "rate_limit_exceeded";
     /// Missing or wrong admin bearer token (401).
-    pub const UNAUTHORIZED: &str = "unauthorized";
+    pub(crate) const UNAUTHORIZED: &str = "unauthorized";
     /// Admin endpoints are disabled: no `gateway.admin_token` configured (403).
-    pub const ADMIN_DISABLED: &str = "admin_disabled";
+    pub(crate) const ADMIN_DISABLED: &str = "admin_disabled";
     /// Unknown node id (404).
-    pub const NODE_NOT_FOUND: &str = "node_not_found";
+    pub(crate) const NODE_NOT_FOUND: &str = "node_not_found";
     /// Unknown route (404).
-    pub const NOT_FOUND: &str = "not_found";
+    pub(crate) const NOT_FOUND: &str = "not_found";
     /// The gateway is shutting down (503).
-    pub const SHUTTING_DOWN: &str = "shutting_down";
+    pub(crate) const SHUTTING_DOWN: &str = "shutting_down";
     /// Anything else that went wrong inside the gateway (500).
-    pub const INTERNAL: &str = "internal_error";
+    pub(crate) const INTERNAL: &str = "internal_error";
     /// A query parameter the endpoint does not accept (400).
-    pub const INVALID_QUERY: &str = "invalid_query";
+    pub(crate) const INVALID_QUERY: &str = "invalid_query";
 }
 
 #[derive(Serialize)]

@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 
 /// A node's body with its first frame already read.
 #[derive(Debug)]
-pub struct Peeked {
+pub(crate) struct Peeked {
     first: Option<Frame<Bytes>>,
     rest: Incoming,
 }
@@ -29,7 +29,7 @@ pub struct Peeked {
 impl Peeked {
     /// `rest` with nothing read yet.
     #[must_use]
-    pub fn unread(rest: Incoming) -> Self {
+    pub(crate) fn unread(rest: Incoming) -> Self {
         Self { first: None, rest }
     }
 }
@@ -70,7 +70,7 @@ impl Body for Peeked {
 
 /// How waiting for the first frame ended.
 #[derive(Debug)]
-pub enum FirstFrame {
+pub(crate) enum FirstFrame {
     /// A frame arrived (or the body is empty): relay this.
     Ready(Peeked),
     /// The node's body failed before its first frame (reset, invalid
@@ -81,7 +81,7 @@ pub enum FirstFrame {
 }
 
 /// Waits at most `within` for the first frame of `body`.
-pub async fn first_frame(mut body: Incoming, within: Duration) -> FirstFrame {
+pub(crate) async fn first_frame(mut body: Incoming, within: Duration) -> FirstFrame {
     if body.is_end_stream() {
         return FirstFrame::Ready(Peeked::unread(body));
     }

@@ -5,8 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::Router;
-use axum::routing::{get, post};
 use cluster_types::{ApiKey, ClusterConfig, ObservabilityConfig, TlsConfig};
 
 use crate::auth::ClientKeys;
@@ -14,9 +12,8 @@ use crate::backend::ClusterHandle;
 use crate::error::GatewayError;
 use crate::limits::ConnectionLimiter;
 use crate::metrics::GatewayMetrics;
-use crate::timeseries::TimeSeries;
+use crate::timeseries::{self, TimeSeries};
 use crate::upstream::{UpstreamClient, UpstreamSettings};
-use crate::{anthropic, decisions, ops, proxy, timeseries};
 
 /// What the request path needs from the configuration, resolved once.
 ///
@@ -57,7 +54,7 @@ pub struct GatewaySettings {
     /// `gateway.first_byte_timeout`).
     pub upstream: UpstreamSettings,
     /// Client keys (`gateway.api_keys`, `gateway.api_keys_file`); `None` =
-    /// open. See [`crate::auth`].
+    /// open. See `auth.rs`.
     pub client_keys: Option<Arc<ClientKeys>>,
     /// Serve TLS with these files (`gateway.tls`); `None` = plain HTTP.
     pub tls: Option<TlsConfig>,
@@ -193,52 +190,6 @@ impl Gateway {
     #[must_use]
     pub fn reloader(&self) -> Option<&crate::reload::ConfigReloader> {
         self.reloader.get()
-    }
-
-    /// The HTTP routes:
-    ///
-    /// | route | what |
-    /// |---|---|
-    /// | `POST /v1/chat/completions`, `/v1/completions` | proxied |
-    /// | `POST /v1/messages`, `/v1/messages/count_tokens` | Anthropic Messages API, translated for OpenAI-only nodes ([`crate::anthropic`]) |
-    /// | `GET /v1/models` | union of the nodes' models |
-    /// | `GET /v1/cluster/status` | the cluster state (JSON) |
-    /// | `GET /v1/cluster/decisions` | the most recent routing decisions ([`crate::decisions`]) |
-    /// | `GET /v1/cluster/timeseries` | the dashboard's charts ([`crate::timeseries`]) |
-    /// | `GET /metrics` | Prometheus text |
-    /// | `GET /healthz`, `/readyz` | liveness, readiness |
-    /// | `POST /admin/nodes/{id}/drain`, `/undrain`, `/admin/discovery/refresh` | admin (bearer token) |
-    /// | `POST /admin/config/reload`, `POST /admin/nodes`, `DELETE /admin/nodes/{id}` | admin: reload, runtime nodes |
-    /// | `GET /` | the dashboard |
-    pub fn router(self: &Arc<Self>) -> Router {
-        Router::new()
-            .route("/v1/chat/completions", post(proxy::chat_completions))
-            .route("/v1/completions", post(proxy::completions))
-            .route("/v1/messages", post(anthropic::messages))
-            .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
-            .route("/v1/models", get(ops::models))
-            .route("/v1/cluster/status", get(ops::status))
-            .route(decisions::DECISIONS_PATH, get(decisions::decisions))
-            .route(timeseries::TIMESERIES_PATH, get(timeseries::timeseries))
-            .route("/metrics", get(ops::metrics))
-            .route("/healthz", get(ops::healthz))
-            .route("/readyz", get(ops::readyz))
-            .route("/admin/nodes/{id}/drain", post(ops::drain))
-            .route("/admin/nodes/{id}/undrain", post(ops::undrain))
-            .route("/admin/discovery/refresh", post(ops::refresh_discovery))
-            .route("/admin/config/reload", post(crate::reload::config_reload))
-            .route("/admin/nodes", post(crate::reload::add_node))
-            .route(
-                "/admin/nodes/{id}",
-                axum::routing::delete(crate::reload::remove_node),
-            )
-            .route("/", get(ops::dashboard))
-            .fallback(ops::not_found)
-            .layer(axum::middleware::from_fn_with_state(
-                Arc::clone(self),
-                crate::limits::guard,
-            ))
-            .with_state(Arc::clone(self))
     }
 
     /// The cluster.

@@ -34,10 +34,10 @@ use tokio::net::TcpStream;
 
 /// How long a refused connection is kept open so the client can read the
 /// 503.
-pub const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+pub(crate) const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
 /// Most refusals being written at once.
-pub const MAX_REFUSALS_IN_FLIGHT: usize = 1024;
+pub(crate) const MAX_REFUSALS_IN_FLIGHT: usize = 1024;
 
 /// Counts open client connections against `gateway.max_connections` and
 /// keeps the accept loop's counters. Shared by the accept loop and
@@ -192,7 +192,7 @@ impl ConnectionLimiter {
 /// Size of a request head as sent: request line and header lines, CRLFs
 /// included.
 #[must_use]
-pub fn head_size(req: &Request) -> usize {
+pub(crate) fn head_size(req: &Request) -> usize {
     let line = req.method().as_str().len()
         + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
         + " HTTP/1.1\r\n".len()
@@ -209,7 +209,7 @@ pub fn head_size(req: &Request) -> usize {
 /// `gateway.max_header_bytes` with 431 (hyper's own check, on its read
 /// buffer, may let up to twice that through), then checks client keys
 /// ([`crate::auth::authenticate`]).
-pub async fn guard(
+pub(crate) async fn guard(
     State(gw): State<Arc<crate::gateway::Gateway>>,
     req: Request,
     next: Next,
@@ -278,7 +278,7 @@ pub fn open_fds() -> Option<usize> {
 /// `mlx_cluster_gateway_runtime_alive_tasks` (tasks alive in the Tokio
 /// runtime serving the call). Leaks of connections, streams or their tasks
 /// show here first.
-pub fn encode_process(out: &mut String) {
+pub(crate) fn encode_process(out: &mut String) {
     if let Some(fds) = open_fds() {
         let _ = writeln!(
             out,
@@ -296,7 +296,7 @@ pub fn encode_process(out: &mut String) {
 
 /// The refusal's bytes.
 #[must_use]
-pub fn refusal_response(max: usize) -> Vec<u8> {
+pub(crate) fn refusal_response(max: usize) -> Vec<u8> {
     let body = format!(
         "{{\"error\":{{\"message\":\"the gateway has {max} client connections open (gateway.max_connections); retry later\",\"type\":\"server_error\",\"code\":\"connection_limit\"}}}}"
     );

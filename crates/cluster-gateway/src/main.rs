@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use cluster_gateway::cli::{Cli, run};
+use cluster_gateway::{Cli, run};
 
 /// mimalloc: the proxy path allocates many small short-lived objects
 /// (header maps, buffers); glibc's malloc costs measurably more there

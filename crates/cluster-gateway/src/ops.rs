@@ -23,10 +23,10 @@ use crate::gateway::Gateway;
 /// The dashboard page (static; it polls `/v1/cluster/status`,
 /// `/v1/cluster/timeseries` and `/v1/cluster/decisions`, and draws its
 /// charts as inline SVG itself: no external file, it works offline).
-pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
+pub(crate) const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 
 /// `GET /` — the dashboard.
-pub async fn dashboard() -> Response {
+pub(crate) async fn dashboard() -> Response {
     let mut response = Html(DASHBOARD_HTML).into_response();
     response
         .headers_mut()
@@ -36,7 +36,7 @@ pub async fn dashboard() -> Response {
 
 /// `GET /v1/cluster/status` — the facade's `ClusterState` as JSON (node API
 /// keys are serialized as `"<redacted>"`).
-pub async fn status(State(gw): State<Arc<Gateway>>) -> Response {
+pub(crate) async fn status(State(gw): State<Arc<Gateway>>) -> Response {
     let mut response = Json(gw.cluster().status()).into_response();
     response
         .headers_mut()
@@ -60,7 +60,7 @@ struct ModelEntry {
 
 /// `GET /v1/models` — the union of the models of every node, deduplicated
 /// and sorted, in OpenAI's list shape.
-pub async fn models(State(gw): State<Arc<Gateway>>) -> Json<impl Serialize> {
+pub(crate) async fn models(State(gw): State<Arc<Gateway>>) -> Json<impl Serialize> {
     let data = gw
         .cluster()
         .models()
@@ -79,10 +79,10 @@ pub async fn models(State(gw): State<Arc<Gateway>>) -> Json<impl Serialize> {
 }
 
 /// Content type of the OpenMetrics text format.
-pub const OPENMETRICS_CONTENT_TYPE: &str =
+pub(crate) const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// Content type of the Prometheus text format 0.0.4.
-pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// `GET /metrics` — the cluster's metrics followed by the gateway's own.
 ///
@@ -90,7 +90,7 @@ pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=ut
 /// when the scraper accepts `application/openmetrics-text` (Prometheus
 /// does), else the Prometheus text format 0.0.4 (curl, promtool, older
 /// scrapers).
-pub async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+pub(crate) async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     let mut text = gw.cluster().encode_prometheus();
     // The OpenMetrics terminator must stay last.
     let trimmed = text.trim_end().len();
@@ -127,7 +127,7 @@ pub async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Resp
 /// families are named with their `_total` suffix in `# HELP` / `# TYPE`
 /// (their samples already carry it), `# UNIT` and `# EOF` lines go.
 #[must_use]
-pub fn openmetrics_to_prometheus(text: &str) -> String {
+pub(crate) fn openmetrics_to_prometheus(text: &str) -> String {
     let counters: std::collections::HashSet<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -161,13 +161,13 @@ pub fn openmetrics_to_prometheus(text: &str) -> String {
 }
 
 /// `GET /healthz` — 200 while the process serves HTTP.
-pub async fn healthz() -> &'static str {
+pub(crate) async fn healthz() -> &'static str {
     "ok\n"
 }
 
 /// `GET /readyz` — 200 when at least one node is routable and the gateway
 /// is not shutting down, else 503.
-pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
+pub(crate) async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
     if gw.is_shutting_down() {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -191,7 +191,7 @@ pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
 }
 
 /// Fallback: 404 in the OpenAI error shape.
-pub async fn not_found(uri: http::Uri) -> ApiError {
+pub(crate) async fn not_found(uri: http::Uri) -> ApiError {
     ApiError::not_found(format!("no route for {}", uri.path()))
 }
 
@@ -254,7 +254,7 @@ fn admin_error(error: &FacadeError, node: &NodeId) -> ApiError {
 
 /// `POST /admin/nodes/{id}/drain` — takes the node out of rotation; its
 /// in-flight requests finish.
-pub async fn drain(
+pub(crate) async fn drain(
     State(gw): State<Arc<Gateway>>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -278,7 +278,7 @@ pub async fn drain(
 }
 
 /// `POST /admin/nodes/{id}/undrain` — returns a drained node to rotation.
-pub async fn undrain(
+pub(crate) async fn undrain(
     State(gw): State<Arc<Gateway>>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -302,7 +302,10 @@ pub async fn undrain(
 }
 
 /// `POST /admin/discovery/refresh` — runs discovery now.
-pub async fn refresh_discovery(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+pub(crate) async fn refresh_discovery(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(e) = authorize(&gw, &headers) {
         return unauthorized_response(e);
     }

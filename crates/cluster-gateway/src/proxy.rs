@@ -55,23 +55,23 @@ use crate::upstream::{UpstreamError, UpstreamRequest, clean_response_headers, re
 
 /// Response header naming the node that answered (node ids are not secret;
 /// off with `observability.topology_headers = false`).
-pub const NODE_HEADER: HeaderName = HeaderName::from_static("x-mlx-cluster-node");
+pub(crate) const NODE_HEADER: HeaderName = HeaderName::from_static("x-mlx-cluster-node");
 
 /// Response header saying why that node was chosen: a routing reason
 /// (`cache-hit`, `rendezvous`, `least-loaded`, `retry`, ...; off with
 /// `observability.topology_headers = false`).
-pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-mlx-cluster-reason");
+pub(crate) const REASON_HEADER: HeaderName = HeaderName::from_static("x-mlx-cluster-reason");
 
 /// Response header with how many nodes were tried (1 = no retry).
-pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-mlx-cluster-attempts");
+pub(crate) const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-mlx-cluster-attempts");
 
 /// `POST /v1/chat/completions`.
-pub async fn chat_completions(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+pub(crate) async fn chat_completions(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     handle(&gw, ApiKind::ChatCompletions, req).await
 }
 
 /// `POST /v1/completions`.
-pub async fn completions(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+pub(crate) async fn completions(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     handle(&gw, ApiKind::Completions, req).await
 }
 
@@ -86,7 +86,11 @@ async fn handle(gw: &Arc<Gateway>, api: ApiKind, req: Request) -> Response {
 }
 
 /// Reads the whole request body, refusing more than `limit` bytes with 413.
-pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -108,7 +112,7 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
 /// The overall deadline of a request received now (`gateway.request_timeout`),
 /// with the timeout itself for messages.
 #[must_use]
-pub fn request_deadline(gw: &Gateway) -> Option<(tokio::time::Instant, Duration)> {
+pub(crate) fn request_deadline(gw: &Gateway) -> Option<(tokio::time::Instant, Duration)> {
     gw.settings()
         .request_timeout
         .map(|t| (tokio::time::Instant::now() + t, t))
@@ -120,7 +124,7 @@ pub fn request_deadline(gw: &Gateway) -> Option<(tokio::time::Instant, Duration)
 ///
 /// # Errors
 /// Those client errors, in the OpenAI shape.
-pub async fn read_request_body(
+pub(crate) async fn read_request_body(
     gw: &Gateway,
     headers: &HeaderMap,
     body: Body,
@@ -183,7 +187,7 @@ async fn proxy(gw: &Arc<Gateway>, api: ApiKind, req: Request) -> Result<Response
 
 /// What one attempt sends to the node `select` chose.
 #[derive(Debug)]
-pub struct Attempt<'p, M> {
+pub(crate) struct Attempt<'p, M> {
     /// Path (and query) on the node, e.g. `/v1/chat/completions`.
     pub path: &'p str,
     /// The client's headers; the upstream client forwards the end-to-end
@@ -199,7 +203,7 @@ pub struct Attempt<'p, M> {
 /// Decides, for each attempt, what to send to the chosen node. The OpenAI
 /// endpoints send the client's request unchanged; `/v1/messages` translates
 /// it or not depending on the node (see [`crate::anthropic`]).
-pub trait AttemptPlan {
+pub(crate) trait AttemptPlan {
     /// Returned with the answer of the node it was sent to.
     type Mode: Copy;
     /// What to send to `target`.
@@ -214,7 +218,7 @@ pub trait AttemptPlan {
 
 /// The client's request, unchanged, to whichever node is chosen.
 #[derive(Debug)]
-pub struct SameForEveryNode<'p> {
+pub(crate) struct SameForEveryNode<'p> {
     /// Path on the node.
     pub path: &'p str,
     /// The client's headers.
@@ -247,7 +251,7 @@ impl AttemptPlan for SameForEveryNode<'_> {
 /// A node's answer, relayed ([`forward`]): the response for the client and
 /// the mode of the attempt that produced it.
 #[derive(Debug)]
-pub struct Forwarded<M> {
+pub(crate) struct Forwarded<M> {
     /// The node's response, relayed (body streaming).
     pub response: Response,
     /// The [`Attempt::mode`] of the node whose answer this is.
@@ -273,7 +277,7 @@ enum LastFailure<M> {
 /// The gateway's own errors when no node answer is relayed: 503 when no
 /// node is routable, 502/504 when no node answered, 500 on an internal
 /// failure.
-pub async fn forward<P: AttemptPlan>(
+pub(crate) async fn forward<P: AttemptPlan>(
     gw: &Arc<Gateway>,
     plan: &mut P,
     mut ctx: RoutingContext,

@@ -33,7 +33,7 @@ use crate::sniff::{JsonSniffer, JsonVerdict, SseSniffer, Usage, UsageChunkFilter
 
 /// How a relayed answer ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RelayOutcome {
+pub(crate) enum RelayOutcome {
     /// The body arrived complete; with the usage the node reported.
     Success(Usage),
     /// The body broke off.
@@ -58,7 +58,7 @@ pub enum RelayFailure {
 
 /// Where a relay reports timing and outcome: the facade's request guard in
 /// the gateway, a recorder in tests.
-pub trait OutcomeSink: Send + 'static {
+pub(crate) trait OutcomeSink: Send + 'static {
     /// The first byte of content arrived (called at most once).
     fn first_byte(&mut self);
     /// The request ended (called exactly once, possibly from `Drop`).
@@ -68,7 +68,7 @@ pub trait OutcomeSink: Send + 'static {
 /// A sink that records nothing (for answers whose outcome was already
 /// reported, e.g. a passed-through 503 after the last retry).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct NoSink;
+pub(crate) struct NoSink;
 
 impl OutcomeSink for NoSink {
     fn first_byte(&mut self) {}
@@ -77,7 +77,7 @@ impl OutcomeSink for NoSink {
 
 /// How to read the node's body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RelayMode {
+pub(crate) enum RelayMode {
     /// `text/event-stream`: sniff lines, end with an error event on failure.
     Sse,
     /// A JSON answer: sniff usage at the end, check it is complete.
@@ -90,7 +90,7 @@ pub enum RelayMode {
 impl RelayMode {
     /// Picks the mode from the node's status and `content-type`.
     #[must_use]
-    pub fn for_response(status: StatusCode, content_type: Option<&[u8]>) -> Self {
+    pub(crate) fn for_response(status: StatusCode, content_type: Option<&[u8]>) -> Self {
         let ct = content_type.unwrap_or_default();
         if ct.starts_with(b"text/event-stream") {
             Self::Sse
@@ -105,7 +105,7 @@ impl RelayMode {
 /// Error of a relayed non-stream body that broke off. The client sees the
 /// connection end early (its framing tells it the body is incomplete).
 #[derive(Debug, thiserror::Error)]
-pub enum RelayError {
+pub(crate) enum RelayError {
     /// The node's body failed.
     #[error("node {node} failed mid-body: {source}")]
     Upstream {
@@ -158,7 +158,7 @@ impl<S: OutcomeSink> Drop for SinkSlot<S> {
 
 pin_project! {
     /// The body relayed to the client (see the module docs).
-    pub struct RelayBody<B, S: OutcomeSink> {
+    pub(crate) struct RelayBody<B, S: OutcomeSink> {
         #[pin]
         inner: B,
         #[pin]
@@ -195,7 +195,13 @@ impl<B, S: OutcomeSink> RelayBody<B, S> {
     /// failing if no frame arrives within `idle_timeout`; reports to `sink`.
     ///
     /// Must be created inside a Tokio runtime (it arms a timer).
-    pub fn new(inner: B, mode: RelayMode, idle_timeout: Duration, node: String, sink: S) -> Self {
+    pub(crate) fn new(
+        inner: B,
+        mode: RelayMode,
+        idle_timeout: Duration,
+        node: String,
+        sink: S,
+    ) -> Self {
         let sniffer = match mode {
             RelayMode::Sse => Sniffer::Sse(SseSniffer::new()),
             RelayMode::Json => Sniffer::Json(JsonSniffer::default()),
@@ -221,7 +227,7 @@ impl<B, S: OutcomeSink> RelayBody<B, S> {
     /// Also ends the body at `deadline` (from `gateway.request_timeout`,
     /// `timeout`), however busy the node is. Default: no deadline.
     #[must_use]
-    pub fn with_deadline(mut self, deadline: Option<(Instant, Duration)>) -> Self {
+    pub(crate) fn with_deadline(mut self, deadline: Option<(Instant, Duration)>) -> Self {
         self.deadline = deadline;
         self
     }
@@ -229,7 +235,7 @@ impl<B, S: OutcomeSink> RelayBody<B, S> {
     /// Removes the usage-only chunk from a stream (when `strip` and the
     /// answer is a stream) — its counts still reach the sink. Default: off.
     #[must_use]
-    pub fn strip_usage_chunk(mut self, strip: bool) -> Self {
+    pub(crate) fn strip_usage_chunk(mut self, strip: bool) -> Self {
         self.usage_filter =
             (strip && matches!(self.sniffer, Sniffer::Sse(_))).then(UsageChunkFilter::default);
         self

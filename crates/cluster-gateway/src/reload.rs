@@ -23,7 +23,7 @@ use crate::ops::{authorize, unauthorized_response};
 
 /// Error code of a reload refused for an invalid configuration (every
 /// problem is in `problems`).
-pub const INVALID_CONFIG: &str = "invalid_config";
+pub(crate) const INVALID_CONFIG: &str = "invalid_config";
 
 /// Re-reads the configuration `serve` was started with and applies it.
 #[derive(Debug, Clone)]
@@ -167,7 +167,7 @@ fn refused(error: &FacadeError) -> Response {
 /// `POST /admin/config/reload` — re-reads the configuration file; 200 with
 /// what was applied and what needs a restart, or 400 with every problem
 /// (the running configuration is kept).
-pub async fn config_reload(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+pub(crate) async fn config_reload(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     if let Err(e) = authorize(&gw, &headers) {
         return unauthorized_response(e);
     }
@@ -218,7 +218,7 @@ fn node_error(error: &FacadeError) -> ApiError {
 /// "weight": ..., "tags": {...}, "api_key": ...}`) — adds a static node at
 /// run time: 201, `announced` once it passed validation. Not persisted: a
 /// restart forgets it.
-pub async fn add_node(
+pub(crate) async fn add_node(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
@@ -262,7 +262,7 @@ struct NodeRemoved {
 /// `DELETE /admin/nodes/{id}` — removes a node added with `POST
 /// /admin/nodes` (its requests in flight finish); 409 for a configured or
 /// discovered node.
-pub async fn remove_node(
+pub(crate) async fn remove_node(
     State(gw): State<Arc<Gateway>>,
     Path(id): Path<String>,
     headers: HeaderMap,

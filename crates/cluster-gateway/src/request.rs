@@ -43,7 +43,7 @@ use crate::error::ApiError;
 
 /// The model name mlx_lm.server reads as "whatever model I serve"; requests
 /// naming it may go to any node.
-pub const ANY_MODEL: &str = "default_model";
+pub(crate) const ANY_MODEL: &str = "default_model";
 
 /// Which API a request speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -261,7 +261,7 @@ fn without_cache_control(part: &RawValue) -> Cow<'_, str> {
 /// request whose client did not ask for usage, so every answer reports its
 /// token counts (the usage chunk is then removed from what the client sees).
 #[must_use]
-pub fn with_include_usage(body: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn with_include_usage(body: &[u8]) -> Option<Vec<u8>> {
     let OrderedObject(members) = serde_json::from_slice(body).ok()?;
     let mut out = Vec::with_capacity(body.len() + 40);
     out.push(b'{');
@@ -467,7 +467,7 @@ impl<'a> ParsedRequest<'a> {
     /// The router's view of this request: model, session, fingerprint,
     /// system/tools hashes and a token estimate (4 bytes a token).
     ///
-    /// The model [`ANY_MODEL`] (`"default_model"`, mlx_lm.server's name for
+    /// The model `"default_model"` (mlx_lm.server's name for
     /// "the model this server loaded") routes like a request without a
     /// model: to any node. The fingerprint still includes it.
     #[must_use]

@@ -33,13 +33,13 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
 /// for at most `gateway.shutdown_grace`, and returns. `/readyz` answers 503
 /// from the moment `shutdown` completes. Connections are HTTP/1.1 with
 /// keep-alive and `TCP_NODELAY`; over TLS when `gateway.tls` is set (see
-/// [`crate::tls`]).
+/// `tls.rs`).
 ///
 /// Each connection must send its request head within
 /// `gateway.header_read_timeout` (default 30 s; also the idle time of a
 /// kept-alive connection), in at most `gateway.max_header_bytes` (default
 /// 64 KiB, else 431); at most `gateway.max_connections` are open at once
-/// (default 8192, else 503 and close — see [`crate::limits`]).
+/// (default 8192, else 503 and close — see `limits.rs`).
 ///
 /// The cluster itself is not shut down here (the caller owns it).
 ///
@@ -50,7 +50,7 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
-    let app = gateway.router();
+    let app = crate::routes::routes(&gateway);
     let settings = gateway.settings();
     let grace = settings.shutdown_grace;
     let acceptor = settings
@@ -180,7 +180,7 @@ pub async fn shutdown_signal() {
 /// object per line on stderr, filtered by `RUST_LOG` (default
 /// `default_filter`, e.g. `"info"`). Does nothing if a subscriber is already
 /// installed.
-pub fn init_logging(format: LogFormat, default_filter: &str) {
+pub(crate) fn init_logging(format: LogFormat, default_filter: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()

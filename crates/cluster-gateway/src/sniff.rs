@@ -274,7 +274,7 @@ impl SseSniffer {
 /// end inside a line; then complete lines are copied out and a partial last
 /// line waits for the next frame. Default: nothing held.
 #[derive(Debug, Default)]
-pub struct UsageChunkFilter {
+pub(crate) struct UsageChunkFilter {
     /// The start of a line whose end has not arrived yet.
     carry: BytesMut,
     /// The blank line that ends a dropped event is dropped too.
@@ -298,7 +298,7 @@ fn is_usage_only(payload: &[u8]) -> bool {
 
 impl UsageChunkFilter {
     /// What to forward of `frame` (possibly empty).
-    pub fn filter(&mut self, frame: &Bytes) -> Bytes {
+    pub(crate) fn filter(&mut self, frame: &Bytes) -> Bytes {
         if self.carry.is_empty()
             && !self.drop_blank
             && frame.last() == Some(&b'\n')
@@ -333,7 +333,7 @@ impl UsageChunkFilter {
 
     /// Bytes still held (a line the stream never finished); forwarded when
     /// the stream ends.
-    pub fn take_rest(&mut self) -> Bytes {
+    pub(crate) fn take_rest(&mut self) -> Bytes {
         std::mem::take(&mut self.carry).freeze()
     }
 }

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use crate::gateway::Gateway;
 
 /// The endpoint's path.
-pub const TIMESERIES_PATH: &str = "/v1/cluster/timeseries";
+pub(crate) const TIMESERIES_PATH: &str = "/v1/cluster/timeseries";
 
 /// One point of the time series. Rates are over the interval that ended at
 /// `t_unix_ms`; `None` (JSON `null`) when nothing happened to measure.
@@ -326,7 +326,7 @@ pub(crate) async fn run(gateway: Weak<Gateway>, interval: Duration) {
 /// `GET /v1/cluster/timeseries` — the samples and status changes, oldest
 /// first: `{"interval_ms", "history_ms", "samples": [...],
 /// "status_changes": [...]}`.
-pub async fn timeseries(State(gw): State<Arc<Gateway>>) -> Response {
+pub(crate) async fn timeseries(State(gw): State<Arc<Gateway>>) -> Response {
     let mut response = Json(gw.timeseries().view()).into_response();
     response
         .headers_mut()

@@ -21,7 +21,7 @@ use crate::error::GatewayError;
 
 /// Installs aws-lc-rs as the process-wide rustls provider. Idempotent: a
 /// provider already installed (by an earlier call) is kept.
-pub fn install_crypto_provider() {
+pub(crate) fn install_crypto_provider() {
     let _ = aws_lc_rs::default_provider().install_default();
 }
 
@@ -37,7 +37,7 @@ fn tls_error(path: &Path, message: impl std::fmt::Display) -> GatewayError {
 /// # Errors
 /// [`GatewayError::Config`] naming the file when a file cannot be read,
 /// holds no certificate or key, or the key does not fit the certificate.
-pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, GatewayError> {
+pub(crate) fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, GatewayError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
         .map_err(|e| tls_error(&tls.cert, format!("cannot read certificates: {e}")))?
         .collect::<Result<_, _>>()

@@ -148,7 +148,7 @@ fn is_dropped_request_header(name: &HeaderName) -> bool {
 }
 
 /// Removes hop-by-hop headers from a node's response (in place).
-pub fn clean_response_headers(headers: &mut HeaderMap) {
+pub(crate) fn clean_response_headers(headers: &mut HeaderMap) {
     for name in DROPPED_RESPONSE_HEADERS {
         headers.remove(name);
     }
@@ -363,7 +363,7 @@ fn build_request(
 /// Parses a `Retry-After` header given in seconds (HTTP dates are ignored:
 /// nodes send seconds).
 #[must_use]
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));

@@ -217,7 +217,7 @@ async fn clients_vanishing_mid_stream_cancel_upstream_and_leak_nothing() {
     // Warm up (pooled connections, the good client's connection), then
     // take the baseline.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let fds_before = cluster_gateway::limits::open_fds().unwrap();
+    let fds_before = cluster_gateway::open_fds().unwrap();
     let tasks_before = runtime.metrics().num_alive_tasks();
     for round in 1..=3 {
         let started = disconnect_mid_stream(
@@ -246,7 +246,7 @@ async fn clients_vanishing_mid_stream_cancel_upstream_and_leak_nothing() {
     // process holds both ends of every connection, and the node client may
     // keep a few more pooled connections to the node than before (two fds
     // and a task or two each); a leak of the 150 streams would be far more.
-    let fds = || cluster_gateway::limits::open_fds().unwrap();
+    let fds = || cluster_gateway::open_fds().unwrap();
     let tasks = || runtime.metrics().num_alive_tasks();
     let settled = tokio::time::timeout(Duration::from_secs(30), async {
         while fds() > fds_before + 8 || tasks() > tasks_before + 8 {

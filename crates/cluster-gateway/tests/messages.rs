@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
 use cluster_facade::{NodeEntry, Router, RouterParams};
-use cluster_gateway::gateway::{Gateway, GatewaySettings};
+use cluster_gateway::{Gateway, GatewaySettings};
 use cluster_types::LoadBalanceStrategy;
 use cluster_types::{ApiKey, NodeId, NodeSpec, NodeStatus};
 use futures::StreamExt;
@@ -127,7 +127,7 @@ async fn harness(entries: Vec<NodeEntry>, tweak: impl FnOnce(&mut GatewaySetting
     let gateway = Gateway::new(router.clone(), settings);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(cluster_gateway::server::serve(
+    tokio::spawn(cluster_gateway::serve(
         listener,
         gateway,
         std::future::pending(),

@@ -4,10 +4,8 @@
 //! names the field.
 #![allow(clippy::unwrap_used)]
 
-use cluster_gateway::anthropic::{
-    Endpoint, MessagesRequest, ReplyMeta, StreamTranslator, translate_response,
-};
-use cluster_gateway::request::{ApiKind, ParsedRequest};
+use cluster_gateway::{ApiKind, ParsedRequest};
+use cluster_gateway::{Endpoint, MessagesRequest, ReplyMeta, StreamTranslator, translate_response};
 use cluster_types::PrefixFingerprint;
 use http::HeaderMap;
 use proptest::prelude::*;

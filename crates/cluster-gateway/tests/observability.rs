@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::response::Response;
 use cluster_facade::{NodeEntry, Router, RouterParams};
-use cluster_gateway::gateway::{Gateway, GatewaySettings};
+use cluster_gateway::{Gateway, GatewaySettings};
 use cluster_types::{ApiKey, ClientKey, LoadBalanceStrategy, NodeSpec, NodeStatus};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -63,7 +63,7 @@ async fn gateway(
     let gateway = Gateway::new(router, settings);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(cluster_gateway::server::serve(
+    tokio::spawn(cluster_gateway::serve(
         listener,
         gateway,
         std::future::pending(),
@@ -245,7 +245,7 @@ async fn topology_headers_can_be_turned_off() {
 #[tokio::test]
 async fn the_admin_token_guards_the_log_when_set_and_client_keys_otherwise() {
     let nodes = [("a", node(200, 0).await)];
-    let keys = Some(Arc::new(cluster_gateway::auth::ClientKeys::new(&[
+    let keys = Some(Arc::new(cluster_gateway::ClientKeys::new(&[
         ClientKey::secret("alice", "sk-alice"),
     ])));
     let with_admin = gateway(&nodes, LoadBalanceStrategy::RoundRobin, |s| {
@@ -293,7 +293,7 @@ async fn the_time_series_samples_traffic_and_status_changes() {
     let gw = Gateway::new(router.clone(), settings);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(cluster_gateway::server::serve(
+    tokio::spawn(cluster_gateway::serve(
         listener,
         Arc::clone(&gw),
         std::future::pending(),

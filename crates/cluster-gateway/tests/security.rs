@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
-use cluster_gateway::auth::sha256_hex;
+use cluster_gateway::sha256_hex;
 use cluster_sim::{SimNode, SimNodeConfig};
 use cluster_types::ClientKey;
 use serde_json::{Value, json};
@@ -78,8 +78,8 @@ async fn streaming_node() -> (String, mpsc::Sender<mpsc::Receiver<Bytes>>) {
     (url, tx)
 }
 
-fn keys(list: Vec<ClientKey>) -> Option<Arc<cluster_gateway::auth::ClientKeys>> {
-    Some(Arc::new(cluster_gateway::auth::ClientKeys::new(&list)))
+fn keys(list: Vec<ClientKey>) -> Option<Arc<cluster_gateway::ClientKeys>> {
+    Some(Arc::new(cluster_gateway::ClientKeys::new(&list)))
 }
 
 #[tokio::test]

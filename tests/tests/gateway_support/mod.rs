@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster_facade::Cluster;
-use cluster_gateway::gateway::{Gateway, GatewaySettings};
+use cluster_gateway::{Gateway, GatewaySettings};
 use cluster_types::{
     ClusterConfig, DiscoveryConfig, LoadBalanceStrategy, NodeId, NodeSpec, NodeStatus,
     StaticDiscovery,
@@ -63,7 +63,7 @@ impl GatewayUnderTest {
         let (stop, stopped) = oneshot::channel::<()>();
         let gw = Arc::clone(&gateway);
         let task = tokio::spawn(async move {
-            cluster_gateway::server::serve(listener, gw, async move {
+            cluster_gateway::serve(listener, gw, async move {
                 let _ = stopped.await;
             })
             .await

@@ -18,7 +18,7 @@ use super::stream::StreamTranslator;
 /// How long a translated stream may stay silent before the gateway sends
 /// a `ping` of its own (the node is still processing the prompt, and sends
 /// nothing a client would see). 10 s.
-pub const PING_INTERVAL: Duration = Duration::from_secs(10);
+pub(super) const PING_INTERVAL: Duration = Duration::from_secs(10);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -46,12 +46,12 @@ pin_project! {
 impl<B> TranslatedStream<B> {
     /// Translates `inner` for the request described by `meta`. Must be
     /// called inside a Tokio runtime (it owns a timer).
-    pub fn new(inner: B, meta: ReplyMeta) -> Self {
+    pub(super) fn new(inner: B, meta: ReplyMeta) -> Self {
         Self::with_ping_interval(inner, meta, PING_INTERVAL)
     }
 
     /// Like [`Self::new`], with pings after `interval` of silence.
-    pub fn with_ping_interval(inner: B, meta: ReplyMeta, interval: Duration) -> Self {
+    pub(super) fn with_ping_interval(inner: B, meta: ReplyMeta, interval: Duration) -> Self {
         Self {
             inner,
             ping: tokio::time::sleep(interval),

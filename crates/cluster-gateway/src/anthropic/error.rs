@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ApiError, codes};
 
 /// Anthropic's status for "overloaded" (not an IANA status).
-pub const OVERLOADED: u16 = 529;
+pub(super) const OVERLOADED: u16 = 529;
 
 /// The `error.type` of an Anthropic error. No default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

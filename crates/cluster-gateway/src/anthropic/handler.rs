@@ -31,14 +31,14 @@ use crate::sniff::JsonSniffer;
 use crate::upstream::retry_after;
 
 /// Claude Code's session header.
-pub const CLAUDE_CODE_SESSION_HEADER: HeaderName =
+pub(super) const CLAUDE_CODE_SESSION_HEADER: HeaderName =
     HeaderName::from_static("x-claude-code-session-id");
 
 /// Largest node error body read for its message (the rest is not needed).
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// `POST /v1/messages`.
-pub async fn messages(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+pub(crate) async fn messages(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     let _in_flight = gw.metrics().begin();
     let response = match handle_messages(&gw, req).await {
         Ok(response) => response,
@@ -53,7 +53,7 @@ pub async fn messages(State(gw): State<Arc<Gateway>>, req: Request) -> Response 
 /// the prompt's tokens from its canonical text (system, tools, messages)
 /// at 4 bytes a token, the same estimate the router uses. No node is asked:
 /// mlx_lm.server has no tokenizer endpoint.
-pub async fn count_tokens(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+pub(crate) async fn count_tokens(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     match handle_count_tokens(&gw, req).await {
         Ok(response) => response,
         Err(error) => error.into_response(),

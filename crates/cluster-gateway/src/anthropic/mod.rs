@@ -37,7 +37,7 @@
 //! be tested and fuzzed alone:
 //!
 //! ```
-//! use cluster_gateway::anthropic::{Endpoint, MessagesRequest, ReplyMeta, translate_response};
+//! use cluster_gateway::{Endpoint, MessagesRequest, ReplyMeta, translate_response};
 //!
 //! let body = br#"{"model":"claude-x","max_tokens":64,
 //!     "messages":[{"role":"user","content":"Hello"}]}"#;
@@ -73,12 +73,10 @@ mod stream;
 mod types;
 mod wire;
 
-pub use body::{PING_INTERVAL, TranslatedStream};
-pub use error::{AnthropicError, ErrorType, OVERLOADED};
-pub use handler::{CLAUDE_CODE_SESSION_HEADER, count_tokens, messages};
-pub use native::rewrite_native_body;
 pub use parse::Endpoint;
-pub use request::{ModelMap, capped_max_tokens};
-pub use response::{ChatUsage, MessageUsage, PromptDetails, ReplyMeta, new_id, translate_response};
+pub use response::{ReplyMeta, translate_response};
 pub use stream::StreamTranslator;
-pub use types::{Block, Content, ImageSource, Message, MessagesRequest, Role, Tool, ToolChoice};
+pub use types::MessagesRequest;
+
+pub(crate) use error::AnthropicError;
+pub(crate) use handler::{count_tokens, messages};

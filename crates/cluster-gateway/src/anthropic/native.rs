@@ -14,7 +14,7 @@ use super::error::AnthropicError;
 /// # Errors
 /// 400 when the body is not a JSON object (it was parsed before, so only a
 /// caller passing another body sees this).
-pub fn rewrite_native_body(
+pub(super) fn rewrite_native_body(
     body: &[u8],
     model: &str,
     max_tokens: Option<u64>,

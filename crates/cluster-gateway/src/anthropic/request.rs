@@ -33,7 +33,7 @@ use super::types::{Block, Content, ImageSource, MessagesRequest, Role, ToolChoic
 /// Where Messages model names go: `gateway.model_aliases` and
 /// `gateway.default_model`.
 #[derive(Debug, Clone, Copy)]
-pub struct ModelMap<'c> {
+pub(super) struct ModelMap<'c> {
     /// Exact names, or prefixes ending in `*`.
     pub aliases: &'c BTreeMap<String, String>,
     /// For names no alias matches and no node lists.
@@ -45,7 +45,11 @@ impl ModelMap<'_> {
     /// matching prefix alias, else `requested` itself when `is_listed` says
     /// a node lists it, else the default model.
     #[must_use]
-    pub fn resolve<'r>(&'r self, requested: &'r str, is_listed: impl Fn(&str) -> bool) -> &'r str {
+    pub(super) fn resolve<'r>(
+        &'r self,
+        requested: &'r str,
+        is_listed: impl Fn(&str) -> bool,
+    ) -> &'r str {
         if let Some(target) = self.aliases.get(requested) {
             return target;
         }
@@ -74,7 +78,7 @@ impl ModelMap<'_> {
 /// `cap`, where a cap of 0 means none. A request without `max_tokens` (only
 /// `count_tokens`) gets the cap, if any.
 #[must_use]
-pub fn capped_max_tokens(requested: Option<u64>, cap: u32) -> Option<u64> {
+pub(super) fn capped_max_tokens(requested: Option<u64>, cap: u32) -> Option<u64> {
     match (requested, cap) {
         (r, 0) => r,
         (None, cap) => Some(u64::from(cap)),

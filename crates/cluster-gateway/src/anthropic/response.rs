@@ -35,7 +35,7 @@ static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 /// A fresh id with `prefix` (`msg_`, `toolu_`): unique within the process
 /// and unlikely to repeat across restarts.
 #[must_use]
-pub fn new_id(prefix: &str) -> String {
+pub(super) fn new_id(prefix: &str) -> String {
     let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -93,7 +93,7 @@ impl ReplyMeta {
 
 /// Usage as a node reports it (OpenAI's shape).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-pub struct ChatUsage {
+pub(super) struct ChatUsage {
     /// All prompt tokens, cached included.
     #[serde(default)]
     pub prompt_tokens: u64,
@@ -107,7 +107,7 @@ pub struct ChatUsage {
 
 /// `usage.prompt_tokens_details`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-pub struct PromptDetails {
+pub(super) struct PromptDetails {
     /// Prompt tokens read from the node's cache.
     #[serde(default)]
     pub cached_tokens: Option<u64>,
@@ -115,7 +115,7 @@ pub struct PromptDetails {
 
 /// Anthropic's usage object.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct MessageUsage {
+pub(super) struct MessageUsage {
     /// Prompt tokens not read from a cache.
     pub input_tokens: u64,
     /// Prompt tokens written to a cache (always 0: nodes do not say).

@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
 use cluster_facade::{NodeEntry, Router, RouterParams};
-use cluster_gateway::gateway::{Gateway, GatewaySettings};
+use cluster_gateway::{Gateway, GatewaySettings};
 use cluster_types::LoadBalanceStrategy;
 use cluster_types::{NodeSpec, NodeStatus};
 use serde_json::Value;
@@ -35,7 +35,7 @@ pub async fn gateway(
     let gateway = Gateway::new(router, settings);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(cluster_gateway::server::serve(
+    tokio::spawn(cluster_gateway::serve(
         listener,
         Arc::clone(&gateway),
         std::future::pending(),
