@@ -589,6 +589,7 @@ fn full_config(mode: &str) -> ClusterConfig {
         cert: "/etc/mlx-cluster/cert.pem".into(),
         key: "/etc/mlx-cluster/key.pem".into(),
     });
+    c.observability.otlp_endpoint = Some("http://127.0.0.1:4318/v1/traces".into());
     c
 }
 

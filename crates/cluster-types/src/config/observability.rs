@@ -19,7 +19,7 @@ const MIN_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 /// What the gateway records and exposes about its own decisions.
 ///
 /// Defaults: `decision_log_size` 1000, `topology_headers` true,
-/// `sample_interval` 5s, `history` 15m.
+/// `sample_interval` 5s, `history` 15m, `otlp_endpoint` none (tracing off).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ObservabilityConfig {
@@ -38,6 +38,11 @@ pub struct ObservabilityConfig {
     /// `sample_interval`, at most 100000 samples). Default 15m.
     #[serde(with = "crate::duration")]
     pub history: Duration,
+    /// OTLP/HTTP (protobuf) endpoint the gateway exports its OpenTelemetry
+    /// traces to, e.g. `http://127.0.0.1:4318/v1/traces`; the gateway then
+    /// also sends W3C `traceparent` to the nodes. Default none: no traces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for ObservabilityConfig {
@@ -47,6 +52,7 @@ impl Default for ObservabilityConfig {
             topology_headers: true,
             sample_interval: Duration::from_secs(5),
             history: Duration::from_secs(15 * 60),
+            otlp_endpoint: None,
         }
     }
 }
@@ -99,6 +105,17 @@ impl ObservabilityConfig {
                 ),
             );
         }
+        if let Some(endpoint) = &self.otlp_endpoint {
+            let scheme_ok = ["http://", "https://"]
+                .iter()
+                .any(|s| endpoint.len() > s.len() && endpoint.starts_with(s));
+            if !scheme_ok || endpoint.chars().any(char::is_whitespace) {
+                push(
+                    "observability.otlp_endpoint",
+                    format!("must be an http:// or https:// URL (got {endpoint:?})"),
+                );
+            }
+        }
         p
     }
 }
@@ -140,5 +157,15 @@ mod tests {
             ..ObservabilityConfig::default()
         };
         assert!(long.problems()[0].message.contains("100000 samples"));
+        let otlp = ObservabilityConfig {
+            otlp_endpoint: Some("collector:4318".into()),
+            ..ObservabilityConfig::default()
+        };
+        assert_eq!(otlp.problems()[0].path, "observability.otlp_endpoint");
+        let good = ObservabilityConfig {
+            otlp_endpoint: Some("http://127.0.0.1:4318/v1/traces".into()),
+            ..ObservabilityConfig::default()
+        };
+        assert!(good.problems().is_empty());
     }
 }

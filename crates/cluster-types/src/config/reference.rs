@@ -682,6 +682,13 @@ const ENTRIES: &[Raw] = &[
         "How much of the time series the gateway keeps in memory (at least `sample_interval`, at most 100000 samples).",
         None,
     ),
+    (
+        "observability.otlp_endpoint",
+        None,
+        "URL (optional)",
+        "OTLP/HTTP (protobuf) endpoint for OpenTelemetry traces, e.g. `http://127.0.0.1:4318/v1/traces`: a span per request with children for select, each upstream attempt, first byte and stream end; W3C `traceparent` is then sent to the nodes (and a client's is continued). Unset = no traces.",
+        None,
+    ),
 ];
 
 /// The default document for a discovery mode (None = the default mode).
@@ -869,7 +876,7 @@ const SECTION_DOCS: &[(&str, &str)] = &[
     ),
     (
         "observability",
-        "What the gateway records and exposes about its routing: decision records, topology headers and the dashboard's time series (see `docs/observability.md`).",
+        "What the gateway records and exposes about its routing: decision records, topology headers, the dashboard's time series and OpenTelemetry traces (see `docs/observability.md`).",
     ),
 ];
 
