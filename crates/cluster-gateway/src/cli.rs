@@ -272,7 +272,11 @@ async fn serve(args: ServeArgs) -> Result<(), GatewayError> {
     if let Some(listen) = args.listen {
         config.gateway.listen = listen;
     }
-    server::init_logging(config.gateway.log_format, "info");
+    let traces = crate::telemetry::init_logging_and_traces(
+        config.gateway.log_format,
+        "info",
+        config.observability.otlp_endpoint.as_deref(),
+    )?;
     let settings = GatewaySettings::load(&config)?;
     if let Some(tls) = &config.gateway.tls {
         // Fail before binding when the certificate cannot be used.
@@ -304,6 +308,10 @@ async fn serve(args: ServeArgs) -> Result<(), GatewayError> {
     );
     let result = server::serve(listener, gateway, server::shutdown_signal()).await;
     cluster.shutdown().await;
+    if let Some(traces) = traces {
+        // Exports the buffered spans; blocks until the collector answers.
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+    }
     tracing::info!("stopped");
     result
 }

@@ -44,6 +44,7 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
+use tracing::Instrument;
 
 use crate::error::{ApiError, codes};
 use crate::first_frame::{FirstFrame, Peeked, first_frame};
@@ -51,6 +52,7 @@ use crate::gateway::Gateway;
 use crate::metrics::RetryCause;
 use crate::relay::{NoSink, OutcomeSink, RelayBody, RelayFailure, RelayMode, RelayOutcome};
 use crate::request::{ApiKind, ParsedRequest, with_include_usage};
+use crate::telemetry;
 use crate::upstream::{UpstreamError, UpstreamRequest, clean_response_headers, retry_after};
 
 /// Response header naming the node that answered (node ids are not secret;
@@ -77,10 +79,12 @@ pub(crate) async fn completions(State(gw): State<Arc<Gateway>>, req: Request) ->
 
 async fn handle(gw: &Arc<Gateway>, api: ApiKind, req: Request) -> Response {
     let _in_flight = gw.metrics().begin();
-    let response = match proxy(gw, api, req).await {
+    let span = telemetry::request_span(api.path(), req.headers());
+    let response = match proxy(gw, api, req).instrument(span.clone()).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
+    telemetry::record_status(&span, response.status().as_u16());
     gw.metrics().response(api, response.status().as_u16());
     response
 }
@@ -291,7 +295,9 @@ pub(crate) async fn forward<P: AttemptPlan>(
         if attempt > 0 {
             tokio::time::sleep(settings.retry_delay).await;
         }
-        let selection = match gw.cluster().select(&ctx) {
+        let select = telemetry::select_span(attempt + 1);
+        let selected = select.in_scope(|| gw.cluster().select(&ctx));
+        let selection = match selected {
             Ok(selection) => selection,
             Err(FacadeError::NoRoutableNode { model, nodes }) => {
                 if last.is_none() {
@@ -308,15 +314,24 @@ pub(crate) async fn forward<P: AttemptPlan>(
         let mut guard = selection.guard;
         let reason = guard.reason();
         ctx.excluded.push(node_id.clone());
+        telemetry::record_choice(&select, node_id.as_str(), reason.as_str());
+        drop(select);
+        if let Some(trace_id) = telemetry::trace_id(&tracing::Span::current()) {
+            guard.set_trace_id(trace_id);
+        }
+        let upstream =
+            telemetry::upstream_span(node_id.as_str(), &selection.target.base_url, attempt + 1);
         // One prefill per node at a time (routing.prefill_concurrency).
         match deadline {
-            None => guard.admitted(stream).await,
+            None => guard.admitted(stream).instrument(upstream.clone()).await,
             Some((at, timeout)) => {
                 if tokio::time::timeout_at(at, guard.admitted(stream))
+                    .instrument(upstream.clone())
                     .await
                     .is_err()
                 {
                     guard.finish(RequestOutcome::ClientCancelled);
+                    telemetry::record_outcome(&upstream, "prefill gate timeout");
                     return Err(ApiError::new(
                         StatusCode::GATEWAY_TIMEOUT,
                         "server_error",
@@ -341,23 +356,34 @@ pub(crate) async fn forward<P: AttemptPlan>(
             .starts_with("https://")
             .then(|| gw.cluster().node_tls(&node_id))
             .flatten();
+        // The node's parent span is this attempt (W3C trace context).
+        let traced = telemetry::with_traceparent(headers, &upstream);
         let request = UpstreamRequest {
             base_url: &selection.target.base_url,
             path,
             api_key: selection.target.api_key.as_ref().map(|k| k.expose()),
-            client_headers: headers,
+            client_headers: traced.as_ref().unwrap_or(headers),
             body,
             tls: tls.as_ref(),
         };
         let sent = match deadline {
-            None => gw.upstream().post(request).await,
+            None => {
+                gw.upstream()
+                    .post(request)
+                    .instrument(upstream.clone())
+                    .await
+            }
             Some((at, timeout)) => {
-                match tokio::time::timeout_at(at, gw.upstream().post(request)).await {
+                match tokio::time::timeout_at(at, gw.upstream().post(request))
+                    .instrument(upstream.clone())
+                    .await
+                {
                     Ok(sent) => sent,
                     Err(_) => {
                         guard.finish(RequestOutcome::Failed {
                             kind: FailureKind::Timeout,
                         });
+                        telemetry::record_outcome(&upstream, "request timeout");
                         return Err(ApiError::new(
                             StatusCode::GATEWAY_TIMEOUT,
                             "server_error",
@@ -373,6 +399,9 @@ pub(crate) async fn forward<P: AttemptPlan>(
         match sent {
             Ok(response) => {
                 let status = response.status();
+                if !upstream.is_none() {
+                    upstream.record("http.response.status_code", i64::from(status.as_u16()));
+                }
                 let retryable = status.is_server_error()
                     || status == StatusCode::TOO_MANY_REQUESTS
                     || status == StatusCode::NOT_FOUND;
@@ -386,9 +415,24 @@ pub(crate) async fn forward<P: AttemptPlan>(
                             .idle_timeout
                             .min(at.saturating_duration_since(tokio::time::Instant::now()))
                     });
-                    match first_frame(incoming, within).await {
+                    telemetry::record_outcome(&upstream, "ok");
+                    drop(upstream);
+                    let first_byte = telemetry::first_byte_span(node_id.as_str());
+                    let first = first_frame(incoming, within)
+                        .instrument(first_byte.clone())
+                        .await;
+                    if !matches!(first, FirstFrame::Ready(_)) {
+                        telemetry::record_outcome(&first_byte, "no first frame");
+                    }
+                    drop(first_byte);
+                    match first {
                         FirstFrame::Ready(body) => {
                             tracing::debug!(node = %node_id, %status, stream, attempt, "forwarded");
+                            telemetry::record_served(
+                                node_id.as_str(),
+                                reason.as_str(),
+                                attempt + 1,
+                            );
                             let how = RelayHow {
                                 attempts: attempt + 1,
                                 deadline,
@@ -459,7 +503,8 @@ pub(crate) async fn forward<P: AttemptPlan>(
                     });
                     gw.metrics().retry(RetryCause::ServerError);
                 }
-                tracing::warn!(node = %node_id, %status, attempt, "node answered {status}; trying another node");
+                telemetry::record_outcome(&upstream, status.as_str());
+                tracing::warn!(parent: &upstream, node = %node_id, %status, attempt, "node answered {status}; trying another node");
                 last = Some(LastFailure::Answer(node_id, reason, response, mode));
             }
             Err(error) => {
@@ -470,7 +515,8 @@ pub(crate) async fn forward<P: AttemptPlan>(
                 };
                 guard.finish(RequestOutcome::Failed { kind });
                 gw.metrics().retry(cause);
-                tracing::warn!(node = %node_id, %error, attempt, "request failed before its first byte; trying another node");
+                telemetry::record_outcome(&upstream, &format!("{cause:?}").to_lowercase());
+                tracing::warn!(parent: &upstream, node = %node_id, %error, attempt, "request failed before its first byte; trying another node");
                 last = Some(LastFailure::Error(upstream_error(&node_id, &error)));
             }
         }
@@ -579,6 +625,8 @@ fn no_routable_node(
 struct GuardSink {
     guard: RequestGuard,
     gateway: Arc<Gateway>,
+    /// The trace's `stream` span, ended with the relay.
+    trace: telemetry::StreamTrace,
 }
 
 impl OutcomeSink for GuardSink {
@@ -587,6 +635,7 @@ impl OutcomeSink for GuardSink {
     }
 
     fn finish(self, outcome: RelayOutcome) {
+        self.trace.record(&outcome);
         let outcome = match outcome {
             RelayOutcome::Success(usage) => RequestOutcome::Success {
                 prompt_tokens: usage.prompt_tokens,
@@ -606,6 +655,9 @@ impl OutcomeSink for GuardSink {
             }
             RelayOutcome::Cancelled => RequestOutcome::ClientCancelled,
         };
+        // The trace ends before the decision record is written, so a
+        // reader of the record finds the trace complete.
+        self.trace.end();
         self.guard.finish(outcome);
     }
 }
@@ -630,6 +682,7 @@ fn relay(
     let sink = GuardSink {
         guard,
         gateway: Arc::clone(gw),
+        trace: telemetry::StreamTrace::start(node.as_str()),
     };
     let RelayHow {
         attempts,

@@ -40,10 +40,13 @@ const ERROR_BODY_LIMIT: usize = 64 * 1024;
 /// `POST /v1/messages`.
 pub(crate) async fn messages(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     let _in_flight = gw.metrics().begin();
-    let response = match handle_messages(&gw, req).await {
-        Ok(response) => response,
-        Err(error) => error.into_response(),
-    };
+    let span = crate::telemetry::request_span(ApiKind::Messages.path(), req.headers());
+    let response =
+        match tracing::Instrument::instrument(handle_messages(&gw, req), span.clone()).await {
+            Ok(response) => response,
+            Err(error) => error.into_response(),
+        };
+    crate::telemetry::record_status(&span, response.status().as_u16());
     gw.metrics()
         .response(ApiKind::Messages, response.status().as_u16());
     response
