@@ -10,15 +10,18 @@
 //! generous deadlines, never sleeps to wait for a state change.
 #![allow(clippy::unwrap_used)]
 
+mod facade_support;
+
 use std::time::Duration;
 
-use cluster_facade::{Cluster, ClusterEvent, FailureKind, RequestOutcome, Selection};
+use cluster_facade::{Cluster, ClusterEvent};
 use cluster_tests::mlx::{MlxFixture, MlxServer};
 use cluster_types::{
-    BackoffConfig, ClusterConfig, DiscoveryConfig, NodeId, NodeSpec, NodeStatus, PrefixFingerprint,
-    RoutingContext, RoutingReason, SegmentKind, StaticDiscovery,
+    BackoffConfig, ClusterConfig, DiscoveryConfig, NodeId, NodeSpec, NodeStatus, RoutingContext,
+    RoutingReason, StaticDiscovery,
 };
-use serde_json::{Value, json};
+use facade_support::send;
+use serde_json::Value;
 use tokio::sync::broadcast::Receiver;
 
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -33,84 +36,13 @@ fn fixture() -> MlxFixture {
 async fn wait_for(
     rx: &mut Receiver<ClusterEvent>,
     what: &str,
-    mut f: impl FnMut(&ClusterEvent) -> bool,
+    f: impl FnMut(&ClusterEvent) -> bool,
 ) -> ClusterEvent {
-    loop {
-        match tokio::time::timeout(DEADLINE, rx.recv()).await {
-            Ok(Ok(e)) if f(&e) => return e,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("event stream broke waiting for {what}: {e}"),
-            Err(_) => panic!("no event within {DEADLINE:?} waiting for {what}"),
-        }
-    }
+    facade_support::wait_for(rx, DEADLINE, what, f).await
 }
 
 fn request(model: &str, system: &str, user: &str) -> (Value, RoutingContext) {
-    let body = json!({
-        "model": model,
-        "messages": [
-            {"role": "system", "content": system},
-            {"role": "user", "content": user},
-        ],
-        "max_tokens": 4,
-    });
-    let mut fp = PrefixFingerprint::builder(256);
-    fp.push_segment(SegmentKind::Model, model)
-        .push_segment(SegmentKind::System, system)
-        .push_segment(SegmentKind::Message { role: "user" }, user);
-    let fingerprint = fp.finish();
-    let tokens = u32::try_from(fingerprint.total_bytes() / 4).unwrap();
-    let ctx = RoutingContext {
-        model: Some(model.to_owned()),
-        fingerprint,
-        prompt_tokens_estimate: tokens,
-        ..RoutingContext::default()
-    };
-    (body, ctx)
-}
-
-/// Sends the request where the cluster said; reports the outcome; returns
-/// `(prompt_tokens, cached_tokens)` on success.
-async fn send(http: &reqwest::Client, sel: Selection, body: &Value) -> Option<(u64, u64)> {
-    let Selection {
-        target, mut guard, ..
-    } = sel;
-    let resp = match http
-        .post(format!("{}/v1/chat/completions", target.base_url))
-        .json(body)
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await
-    {
-        Ok(r) => r,
-        Err(_) => {
-            guard.finish(RequestOutcome::Failed {
-                kind: FailureKind::Connect,
-            });
-            return None;
-        }
-    };
-    guard.first_byte();
-    if !resp.status().is_success() {
-        let status = resp.status().as_u16();
-        guard.finish(RequestOutcome::Failed {
-            kind: FailureKind::ServerError { status },
-        });
-        return None;
-    }
-    let v: Value = resp.json().await.unwrap();
-    let prompt = v["usage"]["prompt_tokens"].as_u64().unwrap();
-    let cached = v["usage"]["prompt_tokens_details"]["cached_tokens"]
-        .as_u64()
-        .unwrap_or(0);
-    let completion = v["usage"]["completion_tokens"].as_u64().unwrap_or(0);
-    let u = |x: u64| u32::try_from(x).unwrap();
-    guard.finish(RequestOutcome::success_with_usage(
-        u(prompt),
-        u(cached),
-        u(completion),
-    ));
-    Some((prompt, cached))
+    facade_support::chat(model, system, &[("user", user)], 4)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

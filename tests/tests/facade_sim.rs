@@ -8,15 +8,18 @@
 //! to wait for a state change.
 #![allow(clippy::unwrap_used)]
 
+mod facade_support;
+
 use std::time::Duration;
 
-use cluster_facade::{Cluster, ClusterEvent, FailureKind, RequestOutcome, Selection};
+use cluster_facade::{Cluster, ClusterEvent};
 use cluster_sim::{FaultConfig, SimNode, SimNodeConfig};
 use cluster_types::{
-    ClusterConfig, DiscoveryConfig, NodeId, NodeSpec, NodeStatus, PrefixFingerprint,
-    RoutingContext, RoutingReason, SegmentKind, StaticDiscovery,
+    ClusterConfig, DiscoveryConfig, NodeId, NodeSpec, NodeStatus, RoutingContext, RoutingReason,
+    StaticDiscovery,
 };
-use serde_json::{Value, json};
+use facade_support::send;
+use serde_json::Value;
 use tokio::sync::broadcast::Receiver;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -62,84 +65,15 @@ fn config(nodes: &[SimNode]) -> ClusterConfig {
 
 /// A chat body and the routing context the gateway would build for it.
 fn chat(system: &str, turns: &[(&str, &str)]) -> (Value, RoutingContext) {
-    let mut messages = vec![json!({"role": "system", "content": system})];
-    let model = model();
-    let mut fp = PrefixFingerprint::builder(256);
-    fp.push_segment(SegmentKind::Model, &model)
-        .push_segment(SegmentKind::System, system);
-    for (role, text) in turns {
-        messages.push(json!({"role": role, "content": text}));
-        fp.push_segment(SegmentKind::Message { role }, text);
-    }
-    let fingerprint = fp.finish();
-    let tokens = u32::try_from(fingerprint.total_bytes() / 4).unwrap();
-    let body = json!({"model": model, "messages": messages, "max_tokens": 8});
-    let ctx = RoutingContext {
-        model: Some(model),
-        fingerprint,
-        prompt_tokens_estimate: tokens,
-        ..RoutingContext::default()
-    };
-    (body, ctx)
-}
-
-/// Sends the request where the cluster said, reports the outcome, returns
-/// the answer's usage `(prompt, cached)`.
-async fn send(http: &reqwest::Client, sel: Selection, body: &Value) -> Option<(u32, u32)> {
-    let Selection {
-        target, mut guard, ..
-    } = sel;
-    let resp = http
-        .post(format!("{}/v1/chat/completions", target.base_url))
-        .json(body)
-        .send()
-        .await;
-    let resp = match resp {
-        Ok(r) => r,
-        Err(_) => {
-            guard.finish(RequestOutcome::Failed {
-                kind: FailureKind::Connect,
-            });
-            return None;
-        }
-    };
-    guard.first_byte();
-    let status = resp.status().as_u16();
-    if status >= 500 {
-        guard.finish(RequestOutcome::Failed {
-            kind: FailureKind::ServerError { status },
-        });
-        return None;
-    }
-    let v: Value = resp.json().await.unwrap();
-    let usage = &v["usage"];
-    let prompt = u32::try_from(usage["prompt_tokens"].as_u64().unwrap()).unwrap();
-    let cached = u32::try_from(
-        usage["prompt_tokens_details"]["cached_tokens"]
-            .as_u64()
-            .unwrap_or(0),
-    )
-    .unwrap();
-    let completion = u32::try_from(usage["completion_tokens"].as_u64().unwrap_or(0)).unwrap();
-    guard.finish(RequestOutcome::success_with_usage(
-        prompt, cached, completion,
-    ));
-    Some((prompt, cached))
+    facade_support::chat(&model(), system, turns, 8)
 }
 
 async fn wait_for(
     rx: &mut Receiver<ClusterEvent>,
     what: &str,
-    mut f: impl FnMut(&ClusterEvent) -> bool,
+    f: impl FnMut(&ClusterEvent) -> bool,
 ) -> ClusterEvent {
-    loop {
-        match tokio::time::timeout(DEADLINE, rx.recv()).await {
-            Ok(Ok(e)) if f(&e) => return e,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("event stream broke waiting for {what}: {e}"),
-            Err(_) => panic!("no event within {DEADLINE:?} waiting for {what}"),
-        }
-    }
+    facade_support::wait_for(rx, DEADLINE, what, f).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

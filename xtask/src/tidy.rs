@@ -3,7 +3,8 @@
 //! - every member inherits the workspace lints and package fields;
 //! - library crates depend strictly downward (the layer order of
 //!   `docs/architecture.md`), and
-//!   only the gateway may depend on cluster-sim outside dev-dependencies;
+//!   only the gateway may depend on cluster-sim outside dev-dependencies, and
+//!   nothing on test-support;
 //! - every crate has crate-level docs;
 //! - no stub macros (`todo`, `unimplemented`) and no ignored tests in the sources;
 //! - README.md names the test command and `.ci/run` runs it.
@@ -121,6 +122,11 @@ fn check_manifest(manifest: &Path, problems: &mut Vec<String>) {
     {
         problems.push(format!(
             "{shown}: {name} depends on cluster-sim outside dev-dependencies"
+        ));
+    }
+    if deps.iter().any(|(dep, _)| dep == "test-support") {
+        problems.push(format!(
+            "{shown}: {name} depends on test-support outside dev-dependencies"
         ));
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use cluster_sim::{SimNode, SimNodeConfig};
 use serde_json::json;
+use test_support::free_port;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mlx-cluster");
 
@@ -17,11 +18,6 @@ fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 fn client() -> reqwest::Client {

@@ -4,11 +4,9 @@
 //! the `max_tokens` cap, model mapping, sessions and `count_tokens`.
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
 use cluster_facade::{NodeEntry, Router, RouterParams};
@@ -20,69 +18,11 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 
-/// What a fake node saw of one request.
-#[derive(Debug, Clone)]
-struct Seen {
-    path: String,
-    headers: http::HeaderMap,
-    body: Value,
-}
-
-type Handler = Arc<dyn Fn(&Seen) -> Response + Send + Sync>;
-
-/// A fake node answering `POST /v1/chat/completions` and `/v1/messages`
-/// with `handler`, recording every request.
-struct FakeNode {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-impl FakeNode {
-    async fn start(handler: impl Fn(&Seen) -> Response + Send + Sync + 'static) -> Self {
-        let handler: Handler = Arc::new(handler);
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s = Arc::clone(&seen);
-        let app = axum::Router::new().fallback(
-            move |uri: http::Uri, headers: http::HeaderMap, body: Bytes| {
-                let handler = Arc::clone(&handler);
-                let seen = Seen {
-                    path: uri.path_and_query().unwrap().to_string(),
-                    headers,
-                    body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-                };
-                s.lock().unwrap().push(seen.clone());
-                async move { handler(&seen) }
-            },
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { addr, seen }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn last(&self) -> Seen {
-        self.seen.lock().unwrap().last().cloned().unwrap()
-    }
-
-    fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
-    }
-}
-
-fn json_response(status: u16, body: &Value) -> Response {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap()
-}
+use test_support::reply::{json, sse};
+use test_support::{FakeNode, poll_until};
 
 fn completion(text: &str, finish: &str) -> Response {
-    json_response(
+    json(
         200,
         &json!({
             "id": "chatcmpl-1", "object": "chat.completion", "model": "m",
@@ -90,15 +30,6 @@ fn completion(text: &str, finish: &str) -> Response {
             "usage": {"prompt_tokens": 50, "completion_tokens": 3, "total_tokens": 53, "prompt_tokens_details": {"cached_tokens": 40}}
         }),
     )
-}
-
-fn sse(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Response {
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(Body::from_stream(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        ))
-        .unwrap()
 }
 
 fn entry(id: &str, url: &str) -> NodeEntry {
@@ -159,14 +90,8 @@ impl Harness {
     }
 }
 
-async fn eventually(mut f: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("condition not reached");
+async fn eventually(f: impl FnMut() -> bool) {
+    poll_until("the guard to finish", Duration::from_secs(10), f).await;
 }
 
 fn hello(stream: bool) -> Value {
@@ -230,7 +155,7 @@ async fn non_streamed_request_is_translated_both_ways() {
     let seen = node.last();
     assert_eq!(seen.path, "/v1/chat/completions");
     assert_eq!(
-        seen.body,
+        seen.json(),
         json!({
             "model": "default_model",
             "max_tokens": 8192,
@@ -320,7 +245,7 @@ async fn streamed_deltas_reach_the_client_before_the_node_finishes() {
     assert_eq!(ev[6].1["usage"]["input_tokens"], 6);
     // The node was asked for the usage chunk.
     assert_eq!(
-        node.last().body["stream_options"],
+        node.last().json()["stream_options"],
         json!({"include_usage": true})
     );
     eventually(|| h.metrics("a").successes_total == 1).await;
@@ -368,7 +293,7 @@ async fn a_node_failing_mid_stream_ends_with_an_error_event() {
 #[tokio::test]
 async fn nodes_serving_messages_get_the_request_passed_through() {
     let node = FakeNode::start(|_| {
-        json_response(
+        json(
             200,
             &json!({"id": "msg_native", "type": "message", "role": "assistant", "model": "local-model",
                 "content": [{"type": "text", "text": "native"}], "stop_reason": "end_turn", "stop_sequence": null,
@@ -394,7 +319,7 @@ async fn nodes_serving_messages_get_the_request_passed_through() {
     let mut want = hello(false);
     want["model"] = json!("local-model");
     want["max_tokens"] = json!(100);
-    assert_eq!(seen.body, want);
+    assert_eq!(seen.json(), want);
     assert_eq!(seen.headers["x-api-key"], "node-key");
     assert_eq!(seen.headers["authorization"], "Bearer node-key");
     assert_eq!(seen.headers["anthropic-version"], "2023-06-01");
@@ -420,30 +345,30 @@ async fn model_aliases_default_model_and_caps() {
     body["model"] = json!("claude-haiku-4-5");
     body["max_tokens"] = json!(50);
     assert_eq!(h.messages(&body).await.status(), 200);
-    let seen = node.last().body;
+    let seen = node.last().json();
     assert_eq!(seen["model"], "local-model");
     assert_eq!(seen["max_tokens"], 7, "the node's tag caps it");
 
     // A model a node lists is kept; an unknown one goes to the default.
     body["model"] = json!("local-model");
     h.messages(&body).await;
-    assert_eq!(node.last().body["model"], "local-model");
+    assert_eq!(node.last().json()["model"], "local-model");
     body["model"] = json!("gpt-9");
     let r = h.messages(&body).await;
     assert_eq!(
         r.json::<Value>().await.unwrap()["stop_reason"],
         "max_tokens"
     );
-    assert_eq!(node.last().body["model"], "default_model");
+    assert_eq!(node.last().json()["model"], "default_model");
 }
 
 #[tokio::test]
 async fn errors_have_anthropic_shapes_and_statuses() {
     let node = FakeNode::start(|seen| {
-        if seen.body["temperature"] == json!(1.5) {
-            json_response(400, &json!({"error": "temperature is not supported"}))
+        if seen.json()["temperature"] == json!(1.5) {
+            json(400, &json!({"error": "temperature is not supported"}))
         } else {
-            json_response(503, &json!({"error": {"message": "loading"}}))
+            json(503, &json!({"error": {"message": "loading"}}))
         }
     })
     .await;
@@ -458,7 +383,7 @@ async fn errors_have_anthropic_shapes_and_statuses() {
         v,
         json!({"type": "error", "error": {"type": "invalid_request_error", "message": "messages.0.content.0.tool_use_id: field required"}})
     );
-    assert_eq!(node.count(), 0, "a bad request never reaches a node");
+    assert_eq!(node.hits(), 0, "a bad request never reaches a node");
 
     let big = h
         .messages(&json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x".repeat(4096)}]}))
@@ -518,7 +443,7 @@ async fn sessions_come_from_claude_code_headers_then_metadata() {
         |_| {},
     )
     .await;
-    let counts = || (node_a.count(), node_b.count());
+    let counts = || (node_a.hits(), node_b.hits());
     // Round-robin would alternate; the session pins the conversation.
     for _ in 0..4 {
         assert_eq!(h.messages(&hello(false)).await.status(), 200);
@@ -561,5 +486,5 @@ async fn count_tokens_estimates_without_a_node() {
     let v: Value = r.json().await.unwrap();
     let n = v["input_tokens"].as_u64().unwrap();
     assert!((100..=110).contains(&n), "{v}");
-    assert_eq!(node.count(), 0);
+    assert_eq!(node.hits(), 0);
 }

@@ -3,9 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -19,6 +17,9 @@ use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 
+use test_support::reply::{sse, status};
+use test_support::{FakeNode, closed_url, poll_until};
+
 const CHAT: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
 const CHAT_STREAM: &str = r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
 
@@ -30,82 +31,6 @@ fn ok_json() -> Response {
             r#"{"id":"c1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hello"}}],"usage":{"prompt_tokens":20,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":16}}}"#,
         ))
         .unwrap()
-}
-
-fn status(code: u16, retry_after: Option<&str>) -> Response {
-    let mut b = Response::builder()
-        .status(code)
-        .header("content-type", "application/json");
-    if let Some(r) = retry_after {
-        b = b.header("retry-after", r);
-    }
-    b.body(Body::from(format!(
-        r#"{{"error":{{"message":"node says {code}"}}}}"#
-    )))
-    .unwrap()
-}
-
-fn sse(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Response {
-    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(Body::from_stream(stream))
-        .unwrap()
-}
-
-type Handler = Arc<dyn Fn(Bytes) -> Response + Send + Sync>;
-
-/// A fake node: answers `/v1/chat/completions` with `handler`, counts hits.
-struct FakeNode {
-    addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
-    last_auth: Arc<std::sync::Mutex<Option<String>>>,
-}
-
-impl FakeNode {
-    async fn start(handler: impl Fn(Bytes) -> Response + Send + Sync + 'static) -> Self {
-        let handler: Handler = Arc::new(handler);
-        let hits = Arc::new(AtomicUsize::new(0));
-        let last_auth = Arc::new(std::sync::Mutex::new(None));
-        let (h, a) = (Arc::clone(&hits), Arc::clone(&last_auth));
-        let app = axum::Router::new()
-            .route(
-                "/v1/chat/completions",
-                axum::routing::post(move |headers: http::HeaderMap, body: Bytes| {
-                    let handler = Arc::clone(&handler);
-                    h.fetch_add(1, Ordering::SeqCst);
-                    *a.lock().unwrap() = headers
-                        .get("authorization")
-                        .map(|v| v.to_str().unwrap().to_owned());
-                    async move { handler(body) }
-                }),
-            )
-            .route(
-                "/v1/models",
-                axum::routing::get(|| async { r#"{"data":[{"id":"m"}]}"# }),
-            );
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Self {
-            addr,
-            hits,
-            last_auth,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-}
-
-fn closed_port_url() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("http://{}", l.local_addr().unwrap())
 }
 
 fn entry(id: &str, url: &str, status: NodeStatus) -> NodeEntry {
@@ -168,14 +93,8 @@ impl Harness {
 
 /// Waits (bounded) until `f` holds; guards finish on another task after the
 /// client has its last byte.
-async fn eventually(mut f: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    panic!("condition not reached");
+async fn eventually(f: impl FnMut() -> bool) {
+    poll_until("the guard to finish", Duration::from_secs(10), f).await;
 }
 
 #[tokio::test]
@@ -204,8 +123,8 @@ async fn non_streamed_answer_is_passed_through_and_usage_recorded() {
 /// metrics and the cluster totals of `/v1/cluster/status`.
 #[tokio::test]
 async fn completion_tokens_reach_the_status() {
-    let node = FakeNode::start(|body| {
-        if !String::from_utf8_lossy(&body).contains("\"stream\":true") {
+    let node = FakeNode::start(|seen| {
+        if !String::from_utf8_lossy(&seen.body).contains("\"stream\":true") {
             return ok_json();
         }
         let (tx, rx) = mpsc::channel(4);
@@ -266,7 +185,7 @@ async fn node_api_key_is_sent_and_client_auth_is_not() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(
-        node.last_auth.lock().unwrap().as_deref(),
+        node.last().header("authorization"),
         Some("Bearer node-secret")
     );
     let status = h
@@ -339,7 +258,7 @@ async fn overloaded_and_failing_nodes_are_retried_elsewhere() {
     let busy = FakeNode::start(|_| status(503, Some("7"))).await;
     let broken = FakeNode::start(|_| status(500, None)).await;
     let good = FakeNode::start(|_| ok_json()).await;
-    let dead = closed_port_url();
+    let dead = closed_url();
     let h = harness(
         vec![
             entry("a-busy", &busy.url(), NodeStatus::Healthy),
@@ -404,8 +323,8 @@ async fn a_single_failing_node_is_never_tried_twice() {
 async fn connect_failures_only_give_an_openai_error() {
     let h = harness(
         vec![
-            entry("x", &closed_port_url(), NodeStatus::Healthy),
-            entry("y", &closed_port_url(), NodeStatus::Healthy),
+            entry("x", &closed_url(), NodeStatus::Healthy),
+            entry("y", &closed_url(), NodeStatus::Healthy),
         ],
         LoadBalanceStrategy::RoundRobin,
         |_| {},

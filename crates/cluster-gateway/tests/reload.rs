@@ -185,10 +185,7 @@ async fn reload_under_load_loses_no_request() {
         );
     }
     let n = |i: usize| (["n0", "n1", "n2"][i], nodes[i].base_url());
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = test_support::free_port();
     let url = format!("http://127.0.0.1:{port}");
     let file = dir.join("config.toml");
     write_config(&file, port, &[n(0), n(1)], "cache-aware", "");

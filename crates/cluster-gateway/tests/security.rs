@@ -252,10 +252,7 @@ async fn no_key_or_prompt_text_appears_in_logs_status_metrics_or_errors() {
     })
     .await
     .unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = test_support::free_port();
     let key_file = dir.join("keys");
     std::fs::write(
         &key_file,

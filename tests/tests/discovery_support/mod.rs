@@ -128,11 +128,8 @@ impl Drop for ModelsStub {
     }
 }
 
-/// A port on 127.0.0.1 where nothing listens (bound, then released).
-pub fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
+#[allow(unused_imports)] // not every test binary uses it
+pub use test_support::closed_port;
 
 /// The next event, or a panic after `timeout` (a safety net for a test that
 /// would otherwise hang, not a wait for a state change).

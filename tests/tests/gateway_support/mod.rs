@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cluster_facade::Cluster;
 use cluster_gateway::{Gateway, GatewaySettings};
@@ -121,23 +121,10 @@ impl GatewayUnderTest {
     }
 }
 
-/// Polls `condition` every 20 ms until it holds; panics after `limit`.
-/// (The state comes from real processes: there is no clock to advance.)
-pub async fn wait_until(
-    what: &str,
-    limit: Duration,
-    mut condition: impl FnMut() -> bool,
-) -> Duration {
-    let started = Instant::now();
-    while !condition() {
-        assert!(
-            started.elapsed() < limit,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    started.elapsed()
-}
+/// Polls `condition` until it holds; panics after `limit`. (The state
+/// comes from real processes: there is no clock to advance.)
+#[allow(unused_imports)] // not every test binary uses it
+pub use test_support::poll_until as wait_until;
 
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()

@@ -21,11 +21,7 @@ pub fn gateway_binary() -> PathBuf {
         .unwrap()
 }
 
-/// A free loopback port (bound and released).
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+pub use test_support::free_port;
 
 /// The gateway process, stopped (SIGTERM, then SIGKILL) on drop.
 pub struct GatewayProcess {

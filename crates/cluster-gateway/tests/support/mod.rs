@@ -5,16 +5,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::body::Body;
-use axum::response::Response;
-use bytes::Bytes;
 use cluster_facade::{NodeEntry, Router, RouterParams};
 use cluster_gateway::{Gateway, GatewaySettings};
 use cluster_types::LoadBalanceStrategy;
 use cluster_types::{NodeSpec, NodeStatus};
 use serde_json::Value;
+use test_support::{FakeNode, reply};
 use tokio::net::TcpListener;
 
 /// A gateway over a bare router with one healthy node `n1` at `url`
@@ -43,15 +41,6 @@ pub async fn gateway(
     (format!("http://{addr}"), gateway)
 }
 
-/// Counts a stream's end when dropped.
-struct DropCounter(Arc<AtomicUsize>);
-
-impl Drop for DropCounter {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
 /// A node answering non-streamed chat requests at once and streamed ones
 /// with an event every 20 ms, forever.
 pub struct EndlessNode {
@@ -66,63 +55,28 @@ impl EndlessNode {
         let ended = Arc::new(AtomicUsize::new(0));
         let started = Arc::new(AtomicUsize::new(0));
         let (e, s) = (Arc::clone(&ended), Arc::clone(&started));
-        let app = axum::Router::new()
-            .route(
-                "/v1/chat/completions",
-                axum::routing::post(move |body: Bytes| {
-                    let (e, s) = (Arc::clone(&e), Arc::clone(&s));
-                    async move {
-                        let streamed = serde_json::from_slice::<Value>(&body)
-                            .is_ok_and(|v| v["stream"] == Value::Bool(true));
-                        if !streamed {
-                            return Response::builder()
-                                .header("content-type", "application/json")
-                                .body(Body::from(
-                                    r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"ok"}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#,
-                                ))
-                                .unwrap();
-                        }
-                        s.fetch_add(1, Ordering::SeqCst);
-                        let guard = DropCounter(e);
-                        let stream = futures::stream::unfold(guard, |guard| async move {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            Some((
-                                Ok::<_, std::io::Error>(Bytes::from_static(
-                                    b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\n",
-                                )),
-                                guard,
-                            ))
-                        });
-                        Response::builder()
-                            .header("content-type", "text/event-stream")
-                            .body(Body::from_stream(stream))
-                            .unwrap()
-                    }
-                }),
+        let node = FakeNode::start(move |seen| {
+            if seen.json()["stream"] != Value::Bool(true) {
+                return reply::completion("ok", 3, 1);
+            }
+            s.fetch_add(1, Ordering::SeqCst);
+            let e = Arc::clone(&e);
+            reply::endless(
+                b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\n",
+                Duration::from_millis(20),
+                move || {
+                    e.fetch_add(1, Ordering::SeqCst);
+                },
             )
-            .route(
-                "/v1/models",
-                axum::routing::get(|| async { r#"{"data":[{"id":"m"}]}"# }),
-            );
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        })
+        .await;
         Self {
-            url,
+            url: node.url(),
             streams_ended: ended,
             streams_started: started,
         }
     }
 }
 
-/// Polls `condition` every 20 ms until it holds; panics after `limit`.
-pub async fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !condition() {
-        assert!(
-            started.elapsed() < limit,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+#[allow(unused_imports)] // not every test binary uses it
+pub use test_support::poll_until as wait_until;
