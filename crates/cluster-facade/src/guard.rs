@@ -5,13 +5,12 @@
 //! lives in `learn.rs`, the cache model's side of a request in `ticket.rs`,
 //! the probe slot's release in `probe.rs`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cluster_metrics::{InFlightGuard, RequestOutcome as MetricsOutcome};
-use cluster_types::{ApiKey, DecisionOutcome, NodeId, RoutingDecision, RoutingReason};
+use cluster_types::{DecisionOutcome, LoadBalanceStrategy, NodeId, RoutingDecision, RoutingReason};
 
 use crate::decisions::{Completion, DecisionDraft};
 use crate::learn;
@@ -20,22 +19,8 @@ use crate::outcome::{FailureKind, RequestOutcome};
 use crate::prefill_gate::{PrefillSlot, hold_limit};
 use crate::probe::{self, ProbeClaim};
 use crate::shared::RouterShared;
+use crate::snapshot::NodeTarget;
 use crate::ticket::CacheTicket;
-
-/// Where to send a request: the chosen node's id, base URL (no trailing
-/// slash, no `/v1`), API key and tags.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeTarget {
-    /// The node.
-    pub node_id: NodeId,
-    /// Base URL, e.g. `http://127.0.0.1:8080`.
-    pub base_url: String,
-    /// Bearer token for the node, if it needs one.
-    pub api_key: Option<ApiKey>,
-    /// The node's tags (`NodeSpec::tags`; the gateway reads `api` and
-    /// `max_output_tokens`, see `cluster_types::NodeApi`).
-    pub tags: BTreeMap<String, String>,
-}
 
 /// The answer of `select`: the decision, the target, and the guard that
 /// counts the request in flight on the node until it is finished.
@@ -43,8 +28,9 @@ pub struct NodeTarget {
 pub struct Selection {
     /// Node, reason and confidence.
     pub decision: RoutingDecision,
-    /// Where to send the request.
-    pub target: NodeTarget,
+    /// Where to send the request (built once per snapshot, shared by
+    /// every request to the node).
+    pub target: Arc<NodeTarget>,
     /// Report the outcome through this (dropping it counts as cancelled).
     pub guard: RequestGuard,
 }
@@ -247,13 +233,18 @@ impl RequestGuard {
             live.routed_in_flight.fetch_sub(1, Ordering::Relaxed);
         }
 
+        // The success window feeds only the seeds' cache score: the other
+        // strategies skip its lock.
+        let window = shared.params.load().strategy == LoadBalanceStrategy::CacheScore;
         match outcome {
             RequestOutcome::Success {
                 prompt_tokens,
                 cached_tokens,
                 completion_tokens,
             } => {
-                live.record_passive(now, true, Some(ttft.unwrap_or(latency)));
+                if window {
+                    live.record_passive(now, true, Some(ttft.unwrap_or(latency)));
+                }
                 live.latency_ns.store(live.latency_estimate_ns());
                 if let (Some(p), Some(c)) = (prompt_tokens, cached_tokens) {
                     let (p, c) = (u64::from(p), u64::from(c).min(u64::from(p)));
@@ -290,7 +281,9 @@ impl RequestGuard {
                 self.rollback();
             }
             RequestOutcome::Failed { .. } => {
-                live.record_passive(now, false, None);
+                if window {
+                    live.record_passive(now, false, None);
+                }
                 self.rollback();
             }
             RequestOutcome::ClientCancelled => {

@@ -83,7 +83,7 @@ pub use coordinator::{WARMUP_USER_MESSAGE, warmup_context};
 pub use decisions::{DecisionLog, DecisionQuery};
 pub use error::FacadeError;
 pub use events::ClusterEvent;
-pub use guard::{NodeTarget, RequestGuard, Selection};
+pub use guard::{RequestGuard, Selection};
 pub use layered::{RUNTIME_ORIGIN, TAG_RUNTIME};
 pub use outcome::{FailureKind, RequestOutcome};
 pub use params::{CostParams, RouterParams};
@@ -93,4 +93,4 @@ pub use published::{
     summarize_slots,
 };
 pub use router::{Router, TAG_CACHE_ENTRIES, TAG_CACHE_TOKENS};
-pub use snapshot::{ClusterSnapshot, NodeEntry};
+pub use snapshot::{ClusterSnapshot, NodeEntry, NodeTarget};

@@ -13,12 +13,12 @@ use cluster_types::{
 
 use crate::decisions::{DecisionDraft, DecisionLog};
 use crate::error::FacadeError;
-use crate::guard::{NodeTarget, RequestGuard, Selection};
+use crate::guard::{RequestGuard, Selection};
 use crate::live::{NodeLive, REPORTED_QUEUE_MAX_AGE};
 use crate::params::RouterParams;
 use crate::prefill_gate::{PrefillGate, TAG_PREFILL_CONCURRENCY};
 use crate::probe::{OutcomeObserver, ProbeGate};
-use crate::shared::{Publisher, RouterShared};
+use crate::shared::{CacheState, Publisher, RouterShared};
 use crate::snapshot::{ClusterSnapshot, NodeEntry, SnapNode};
 use crate::strategy::cache_aware::{self, Prompt};
 use crate::strategy::cache_score::enc_hash;
@@ -217,10 +217,10 @@ impl Router {
         );
         let cache_aware = strategy == LoadBalanceStrategy::CacheAware;
 
-        // Cache-aware strategies decide and insert under one model lock.
-        // The classic strategies neither read nor maintain the cache model.
-        let mut model_guard = cache_aware.then(|| shared.cache.lock());
-        let mut scratch = cache_aware.then(|| shared.scratch.lock());
+        // Cache-aware strategies decide and insert under one lock (the
+        // model's, which also holds their scratch space). The classic
+        // strategies neither read nor maintain the cache model.
+        let mut cache_guard = cache_aware.then(|| shared.cache.lock());
 
         let choice = filter::select_with(
             &snap,
@@ -240,13 +240,12 @@ impl Router {
                         shared.score.choose(c, ctx, now, shared.epoch, params)
                     }
                     LoadBalanceStrategy::CacheAware => {
-                        let model = model_guard.as_deref()?;
+                        let CacheState { model, scratch } = cache_guard.as_deref_mut()?;
                         if params.consistent_replicas {
                             let max_age = u64::try_from(REPORTED_QUEUE_MAX_AGE.as_nanos())
                                 .unwrap_or(u64::MAX);
                             return cache_aware::choose_consistent(c, &prompt, model, max_age);
                         }
-                        let scratch = scratch.as_deref_mut()?;
                         let warm_turn = shared.warm_turn.load();
                         cache_aware::choose(
                             c,
@@ -261,7 +260,6 @@ impl Router {
                 }
             },
         );
-        drop(scratch);
         let Some((mut pick, probe)) = choice else {
             return Err(FacadeError::NoRoutableNode {
                 model: ctx.model.clone(),
@@ -273,10 +271,17 @@ impl Router {
 
         // Cache model: what the node will hold once it has the prompt.
         let prompt_tokens = prompt.tokens(node);
-        let cache = model_guard.as_deref_mut().and_then(|model| {
-            CacheTicket::open(model, live.cache_slot, &prompt, &pick, prompt_tokens, now)
+        let cache = cache_guard.as_deref_mut().and_then(|state| {
+            CacheTicket::open(
+                &mut state.model,
+                live.cache_slot,
+                &prompt,
+                &pick,
+                prompt_tokens,
+                now,
+            )
         });
-        drop(model_guard);
+        drop(cache_guard);
         if !cache_aware {
             // Unknown cache: count the whole prompt as prefill work.
             pick.uncached_tokens = prompt_tokens;
@@ -341,12 +346,7 @@ impl Router {
         });
         let decision =
             RoutingDecision::new(node.entry.spec.id.clone(), pick.reason, pick.confidence);
-        let target = NodeTarget {
-            node_id: node.entry.spec.id.clone(),
-            base_url: node.entry.spec.url.clone(),
-            api_key: node.entry.spec.api_key.clone(),
-            tags: node.entry.spec.tags.clone(),
-        };
+        let target = Arc::clone(&node.target);
         let guard = RequestGuard {
             shared: Arc::clone(shared),
             live,

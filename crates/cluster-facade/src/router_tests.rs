@@ -182,7 +182,17 @@ impl OutcomeObserver for Recorder {
 
 #[test]
 fn outcomes_reach_the_observer_and_the_success_window() {
-    let (_c, r) = router(LoadBalanceStrategy::RoundRobin, &["a"]);
+    // Only the strategy that reads the success window keeps it.
+    let (_c, rr) = router(LoadBalanceStrategy::RoundRobin, &["a"]);
+    rr.select(&RoutingContext::default())
+        .unwrap()
+        .guard
+        .finish(RequestOutcome::Failed {
+            kind: FailureKind::ServerError { status: 500 },
+        });
+    assert!((rr.snapshot().node(0).live.success_rate.load() - 1.0).abs() < 1e-12);
+
+    let (_c, r) = router(LoadBalanceStrategy::CacheScore, &["a"]);
     let rec = Arc::new(Recorder::default());
     r.set_observer(rec.clone());
     let s = r.select(&RoutingContext::default()).unwrap();

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -26,6 +27,28 @@ use crate::strategy::least_loaded::LeastLoaded;
 use crate::strategy::round_robin::RoundRobin;
 use crate::strategy::session::SessionTable;
 
+/// The cache model with the scratch space the cache-aware strategy uses
+/// while it reads the model (so one lock covers both). Derefs to the model.
+#[derive(Debug)]
+pub(crate) struct CacheState {
+    pub(crate) model: CacheModel,
+    pub(crate) scratch: Scratch,
+}
+
+impl Deref for CacheState {
+    type Target = CacheModel;
+
+    fn deref(&self) -> &CacheModel {
+        &self.model
+    }
+}
+
+impl DerefMut for CacheState {
+    fn deref_mut(&mut self) -> &mut CacheModel {
+        &mut self.model
+    }
+}
+
 /// Serialises snapshot rebuilds and remembers each node's live state.
 #[derive(Debug, Default)]
 pub(crate) struct Publisher {
@@ -41,11 +64,12 @@ pub(crate) struct RouterShared {
     pub(crate) epoch: Epoch,
     pub(crate) snapshot: ArcSwap<ClusterSnapshot>,
     pub(crate) publisher: Mutex<Publisher>,
-    pub(crate) cache: Mutex<CacheModel>,
+    /// The cache model and the cache-aware strategy's scratch space, under
+    /// one lock.
+    pub(crate) cache: Mutex<CacheState>,
     /// Measured uncached tokens of a follow-up turn (EWMA over answers that
     /// were cache hits; 0 = none yet).
     pub(crate) warm_turn: AtomicF64,
-    pub(crate) scratch: Mutex<Scratch>,
     pub(crate) sessions: SessionTable,
     pub(crate) rr: RoundRobin,
     pub(crate) ll: LeastLoaded,
@@ -86,9 +110,11 @@ impl RouterShared {
     pub(crate) fn new(params: RouterParams, clock: SharedClock) -> Self {
         let epoch = Epoch::new(clock.now());
         Self {
-            cache: Mutex::new(CacheModel::new(params.cache)),
+            cache: Mutex::new(CacheState {
+                model: CacheModel::new(params.cache),
+                scratch: Scratch::default(),
+            }),
             warm_turn: AtomicF64::new(0.0),
-            scratch: Mutex::new(Scratch::default()),
             sessions: SessionTable::new(params.session_ttl, params.max_sessions),
             rng: Mutex::new(SmallRng::seed_from_u64(params.seed)),
             decisions: DecisionLog::new(params.decision_log_size),

@@ -7,11 +7,11 @@
 //! drain flags change; per-request state lives in the shared
 //! `Arc<NodeLive>` of each node.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use cluster_types::fingerprint::xxh64;
-use cluster_types::{NodeId, NodeSpec, NodeStatus};
+use cluster_types::{ApiKey, NodeId, NodeSpec, NodeStatus};
 
 use crate::live::NodeLive;
 
@@ -110,11 +110,28 @@ impl TierLists {
     }
 }
 
+/// Where to send a request: the chosen node's id, base URL (no trailing
+/// slash, no `/v1`), API key and tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeTarget {
+    /// The node.
+    pub node_id: NodeId,
+    /// Base URL, e.g. `http://127.0.0.1:8080`.
+    pub base_url: String,
+    /// Bearer token for the node, if it needs one.
+    pub api_key: Option<ApiKey>,
+    /// The node's tags (`NodeSpec::tags`; the gateway reads `api` and
+    /// `max_output_tokens`, see `cluster_types::NodeApi`).
+    pub tags: BTreeMap<String, String>,
+}
+
 /// One node in a snapshot.
 #[derive(Debug, Clone)]
 pub(crate) struct SnapNode {
     pub(crate) entry: NodeEntry,
     pub(crate) live: Arc<NodeLive>,
+    /// Where requests to the node go, built once per snapshot.
+    pub(crate) target: Arc<NodeTarget>,
     /// xxh64 of the node id, for rendezvous hashing.
     pub(crate) id_hash: u64,
     /// `max(weight, 1)`.
@@ -125,9 +142,16 @@ impl SnapNode {
     pub(crate) fn new(entry: NodeEntry, live: Arc<NodeLive>) -> Self {
         let id_hash = xxh64(entry.spec.id.as_str().as_bytes(), 0);
         let weight = entry.spec.weight.max(1);
+        let target = Arc::new(NodeTarget {
+            node_id: entry.spec.id.clone(),
+            base_url: entry.spec.url.clone(),
+            api_key: entry.spec.api_key.clone(),
+            tags: entry.spec.tags.clone(),
+        });
         Self {
             entry,
             live,
+            target,
             id_hash,
             weight,
         }

@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 
 use crate::cache_model::{CacheModel, Held, Inserted};
 use crate::live::{NodeLive, as_f64};
+use crate::shared::CacheState;
 use crate::strategy::Pick;
 use crate::strategy::cache_aware::Prompt;
 
@@ -60,7 +61,7 @@ impl CacheTicket {
     }
 
     /// The node never took the prompt: undoes the insertion.
-    pub(crate) fn roll_back(self, cache: &Mutex<CacheModel>) {
+    pub(crate) fn roll_back(self, cache: &Mutex<CacheState>) {
         if let Some(ins) = self.inserted {
             cache.lock().rollback(self.slot, ins);
         }
@@ -73,7 +74,7 @@ impl CacheTicket {
     /// error in blocks (absolute), when there was a prediction.
     pub(crate) fn settle(
         self,
-        cache: &Mutex<CacheModel>,
+        cache: &Mutex<CacheState>,
         live: &NodeLive,
         prompt: u64,
         cached: u64,

@@ -376,13 +376,17 @@ fn run_all(opts: &Options, dir: &Path, workers: usize) -> Result<(), String> {
         .map_err(|e| format!("node URL {node_url:?}: {e}"))?;
     wait_ready(node_addr, "/v1/models", "the simulated node")?;
 
-    // (b) the gateway.
+    // (b) the gateway. Without the prefill gate: it admits one prompt per
+    // node at a time, a policy for inference servers that batch prefills
+    // (routing.prefill_concurrency); in front of a node that answers at
+    // once it would serialise the connections and measure the node's
+    // round trip, not what the proxy costs.
     let gw_port = free_port()?;
     let config = dir.join("gateway.toml");
     std::fs::write(
         &config,
         format!(
-            "[discovery]\nmode = \"static\"\nnodes = [{{ id = \"node\", url = \"{node_url}\" }}]\n\n[gateway]\nlisten = \"127.0.0.1:{gw_port}\"\n"
+            "[discovery]\nmode = \"static\"\nnodes = [{{ id = \"node\", url = \"{node_url}\" }}]\n\n[gateway]\nlisten = \"127.0.0.1:{gw_port}\"\n\n[routing]\nprefill_concurrency = 0\n"
         ),
     )
     .map_err(|e| e.to_string())?;

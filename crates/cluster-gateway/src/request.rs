@@ -125,14 +125,6 @@ struct Metadata<'a> {
     user_id: Option<Cow<'a, str>>,
 }
 
-#[derive(Deserialize)]
-struct WirePart<'a> {
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
-}
-
 /// One message of the canonical prompt: its role and its text pieces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PromptMessage<'a> {
@@ -187,14 +179,7 @@ fn content_parts<'a>(
         Some(b'[') => {
             let parts: Vec<&'a RawValue> = serde_json::from_str(text).map_err(|e| bad(api, e))?;
             for part in parts {
-                let typed: Option<WirePart<'a>> = serde_json::from_str(part.get()).ok();
-                match typed {
-                    Some(WirePart {
-                        kind: Some(kind),
-                        text: Some(t),
-                    }) if kind == "text" || kind == "input_text" => out.push(t),
-                    _ => out.push(without_cache_control(part)),
-                }
+                out.push(part_text(part));
             }
         }
         Some(b'n') => {} // null
@@ -230,14 +215,28 @@ impl<'de: 'a, 'a> Deserialize<'de> for OrderedObject<'a> {
     }
 }
 
-/// A non-text part as canonical text: its members in the client's order,
-/// without whitespace between them and without `cache_control`. (Anything
-/// that is not an object is fed raw.)
-fn without_cache_control(part: &RawValue) -> Cow<'_, str> {
+/// One content part as text, parsed once: a text part (`"type": "text"` or
+/// `"input_text"` with a string `text`) is its decoded text; any other
+/// object is its members in the client's order, without whitespace between
+/// them and without `cache_control`; anything that is not an object is fed
+/// raw.
+fn part_text(part: &RawValue) -> Cow<'_, str> {
     let text = part.get();
     let Ok(OrderedObject(members)) = serde_json::from_str::<OrderedObject<'_>>(text) else {
         return Cow::Borrowed(text);
     };
+    let member = |name: &str| {
+        let mut found = members.iter().filter(|(k, _)| k == name);
+        match (found.next(), found.next()) {
+            (Some((_, v)), None) => serde_json::from_str::<Cow<'_, str>>(v.get()).ok(),
+            _ => None,
+        }
+    };
+    if let (Some(kind), Some(t)) = (member("type"), member("text"))
+        && (kind == "text" || kind == "input_text")
+    {
+        return t;
+    }
     let mut out = String::with_capacity(text.len());
     out.push('{');
     let mut first = true;
