@@ -316,7 +316,7 @@ pub(crate) async fn forward<P: AttemptPlan>(
         ctx.excluded.push(node_id.clone());
         telemetry::record_choice(&select, node_id.as_str(), reason.as_str());
         drop(select);
-        if let Some(trace_id) = telemetry::trace_id(&tracing::Span::current()) {
+        if let Some(trace_id) = telemetry::current_trace_id() {
             guard.set_trace_id(trace_id);
         }
         let upstream =

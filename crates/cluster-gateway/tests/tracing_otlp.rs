@@ -5,7 +5,9 @@
 //! `traceparent` they are sent; the first request anywhere is refused with
 //! 503, so the first trace has a retry.
 //!
-//! One test in this binary: the subscriber is process-global.
+//! The in-process test is the only one that installs a subscriber (it is
+//! process-global); the other runs `mlx-cluster serve`.
+#![cfg(feature = "otel")]
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use cluster_facade::{NodeEntry, Router, RouterParams};
 use cluster_gateway::{Gateway, GatewaySettings, init_logging_and_traces};
+use cluster_sim::{SimNode, SimNodeConfig};
 use cluster_types::{LoadBalanceStrategy, LogFormat, NodeSpec, NodeStatus};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
@@ -406,4 +409,112 @@ fn names(spans: &[Span]) -> Vec<(String, String, String)> {
         .iter()
         .map(|s| (s.name.clone(), hex(&s.span_id), hex(&s.parent_span_id)))
         .collect()
+}
+
+/// `mlx-cluster serve` with `observability.otlp_endpoint`: the request's
+/// spans are still buffered when SIGTERM comes (the batch delay is set to
+/// ten minutes) and reach the receiver as the gateway stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_exports_its_buffered_spans_when_it_stops() {
+    let (endpoint, received) = receiver().await;
+    let node = SimNode::start(SimNodeConfig {
+        model_id: "sim".to_owned(),
+        time_scale: 100.0,
+        ..SimNodeConfig::default()
+    })
+    .await
+    .unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = std::env::temp_dir().join(format!("mlx-cluster-otlp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[discovery]
+mode = "static"
+nodes = [{{ id = "n0", url = "{}" }}]
+
+[health]
+check_interval = "200ms"
+timeout = "150ms"
+recovery_successes = 1
+
+[gateway]
+listen = "127.0.0.1:{port}"
+
+[observability]
+otlp_endpoint = "{endpoint}"
+"#,
+            node.base_url()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mlx-cluster"))
+        .args(["serve", "--config"])
+        .arg(&file)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut answered = None;
+    for _ in 0..400 {
+        let sent = client
+            .post(format!("{url}/v1/chat/completions"))
+            .json(&json!({"model": "sim", "max_tokens": 4,
+                "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await;
+        if let Ok(r) = sent
+            && r.status() == 200
+        {
+            answered = Some(r.text().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if answered.is_none() {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "the gateway never answered 200:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        received.lock().spans.is_empty(),
+        "exported before the batch delay"
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = String::from_utf8_lossy(&exit.stderr);
+    assert!(exit.status.success(), "{log}");
+    assert!(log.contains("exporting OpenTelemetry traces"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = received.lock();
+    let names: Vec<&str> = r.spans.iter().map(|s| s.name.as_str()).collect();
+    for name in [
+        "POST /v1/chat/completions",
+        "select",
+        "upstream",
+        "first_byte",
+        "stream",
+    ] {
+        assert!(names.contains(&name), "no {name} span in {names:?}\n{log}");
+    }
 }

@@ -26,20 +26,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use http::{HeaderMap, HeaderName, HeaderValue};
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
-use opentelemetry_otlp::{Protocol, WithExportConfig};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use http::HeaderMap;
 use tracing::Span;
 use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::{LevelFilter, Targets};
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
 
 use cluster_types::LogFormat;
 
@@ -49,8 +38,8 @@ use crate::relay::RelayOutcome;
 /// The `tracing` target of the request spans.
 pub(crate) const TARGET: &str = "mlx_cluster::trace";
 
-/// The service name the traces carry (`service.name`).
-pub(crate) const SERVICE_NAME: &str = "mlx-cluster";
+#[cfg(feature = "otel")]
+mod otel;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
@@ -64,27 +53,27 @@ pub(crate) fn enabled() -> bool {
 /// exports the spans still buffered.
 #[derive(Debug)]
 pub struct Traces {
-    provider: SdkTracerProvider,
+    #[cfg(feature = "otel")]
+    provider: opentelemetry_sdk::trace::SdkTracerProvider,
 }
 
 impl Traces {
     /// Exports what is buffered and stops the exporter (blocks until the
     /// collector answered or the export timed out).
     pub fn shutdown(self) {
-        if let Err(error) = self.provider.shutdown() {
-            tracing::warn!(%error, "could not export the last traces");
-        }
+        #[cfg(feature = "otel")]
+        otel::shutdown(&self.provider);
     }
 }
 
 /// Installs the global subscriber: the log lines of
-/// `init_logging` (the plain log lines) (`RUST_LOG`, default `default_filter`)
+/// `init_logging` (`RUST_LOG`, default `default_filter`)
 /// and, when `otlp_endpoint` is set, the OpenTelemetry layer exporting the
 /// request spans (and warnings inside them) to it.
 ///
 /// # Errors
 /// [`GatewayError::Config`] when the exporter cannot be built from
-/// `otlp_endpoint`.
+/// `otlp_endpoint`, or the binary was built without the `otel` feature.
 pub fn init_logging_and_traces(
     format: LogFormat,
     default_filter: &str,
@@ -94,44 +83,20 @@ pub fn init_logging_and_traces(
         crate::server::init_logging(format, default_filter);
         return Ok(None);
     };
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_protocol(Protocol::HttpBinary)
-        .with_endpoint(endpoint)
-        .build()
-        .map_err(|e| GatewayError::Config {
-            message: format!("observability.otlp_endpoint: {e}"),
-        })?;
-    let provider = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(Resource::builder().with_service_name(SERVICE_NAME).build())
-        .build();
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer(SERVICE_NAME))
-        .with_threads(false)
-        .with_location(false)
-        .with_filter(
-            Targets::new()
-                .with_target(TARGET, LevelFilter::INFO)
-                .with_default(LevelFilter::WARN),
-        );
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let fmt = match format {
-        LogFormat::Json => fmt.json().with_filter(filter).boxed(),
-        _ => fmt.with_filter(filter).boxed(),
-    };
-    if tracing_subscriber::registry()
-        .with(otel)
-        .with(fmt)
-        .try_init()
-        .is_ok()
+    #[cfg(feature = "otel")]
     {
-        ENABLED.store(true, Ordering::Relaxed);
+        let provider = otel::install(format, default_filter, endpoint)?;
+        tracing::info!(endpoint, "exporting OpenTelemetry traces over OTLP/HTTP");
+        Ok(Some(Traces { provider }))
     }
-    tracing::info!(endpoint, "exporting OpenTelemetry traces over OTLP/HTTP");
-    Ok(Some(Traces { provider }))
+    #[cfg(not(feature = "otel"))]
+    {
+        Err(GatewayError::Config {
+            message: format!(
+                "observability.otlp_endpoint is set ({endpoint}) but this mlx-cluster was built without the `otel` feature"
+            ),
+        })
+    }
 }
 
 /// The span of one proxied request (`POST /v1/chat/completions`), a child
@@ -155,10 +120,10 @@ pub(crate) fn request_span(path: &str, client_headers: &HeaderMap) -> Span {
         mlx_cluster.reason = Empty,
         mlx_cluster.attempts = Empty,
     );
-    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(client_headers));
-    if parent.span().span_context().is_valid() {
-        let _ = span.set_parent(parent);
-    }
+    #[cfg(feature = "otel")]
+    otel::continue_client_trace(&span, client_headers);
+    #[cfg(not(feature = "otel"))]
+    let _ = client_headers;
     span
 }
 
@@ -318,17 +283,16 @@ impl StreamTrace {
     }
 }
 
-/// The trace id of `span` (32 hex digits), when tracing is on.
+/// The trace id of the current span (32 hex digits), when tracing is on.
 #[must_use]
-pub(crate) fn trace_id(span: &Span) -> Option<String> {
-    if span.is_none() {
+pub(crate) fn current_trace_id() -> Option<String> {
+    if !enabled() {
         return None;
     }
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    span_context
-        .is_valid()
-        .then(|| span_context.trace_id().to_string())
+    #[cfg(feature = "otel")]
+    return otel::trace_id(&Span::current());
+    #[cfg(not(feature = "otel"))]
+    None
 }
 
 /// `headers` with `traceparent` (and `tracestate`) naming `span` as the
@@ -338,40 +302,19 @@ pub(crate) fn with_traceparent(headers: &HeaderMap, span: &Span) -> Option<Heade
     if span.is_none() {
         return None;
     }
-    let mut out = headers.clone();
-    out.remove("traceparent");
-    out.remove("tracestate");
-    TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(&mut out));
-    Some(out)
-}
-
-struct HeaderExtractor<'a>(&'a HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(HeaderName::as_str).collect()
-    }
-}
-
-struct HeaderInjector<'a>(&'a mut HeaderMap);
-
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(key.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            self.0.insert(name, value);
-        }
+    #[cfg(feature = "otel")]
+    return Some(otel::with_traceparent(headers, span));
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = headers;
+        None
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderValue;
+
     use super::*;
 
     #[test]
@@ -388,30 +331,7 @@ mod tests {
         assert!(upstream_span("a", "http://a", 1).is_none());
         assert!(first_byte_span("a").is_none());
         assert!(StreamTrace::start("a").stream.is_none());
-        assert_eq!(trace_id(&request), None);
+        assert_eq!(current_trace_id(), None);
         assert_eq!(with_traceparent(&headers, &request), None);
-    }
-
-    #[test]
-    fn the_extractor_reads_a_w3c_traceparent() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "traceparent",
-            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-        );
-        let cx = TraceContextPropagator::new().extract(&HeaderExtractor(&headers));
-        let sc = cx.span().span_context().clone();
-        assert!(sc.is_valid() && sc.is_remote());
-        assert_eq!(
-            sc.trace_id().to_string(),
-            "4bf92f3577b34da6a3ce929d0e0e4736"
-        );
-        assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
-        let mut out = HeaderMap::new();
-        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(&mut out));
-        assert_eq!(
-            out["traceparent"],
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-        );
     }
 }
