@@ -73,11 +73,35 @@ pub(crate) fn run() -> Result<(), String> {
     crate::fuzz::run(&["--seconds".to_owned(), "15".to_owned()])?;
     crate::reliability::chaos(&["--seconds".to_owned(), "2".to_owned()])?;
     crate::reliability::soak(&["--minutes".to_owned(), "3".to_owned()])?;
+    list_artifacts();
     eprintln!(
         "\nxtask ci: all steps passed in {:.0}s",
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Names what the tests kept in `target/artifacts/` (the dashboard's
+/// screenshot and DOM from headless Chromium, ...).
+fn list_artifacts() {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), std::path::PathBuf::from);
+    let dir = target.join("artifacts");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    if !names.is_empty() {
+        eprintln!(
+            "\nxtask ci: test artifacts in {}: {}",
+            dir.display(),
+            names.join(", ")
+        );
+    }
 }
 
 /// One `cargo check` invocation of the feature matrix.
