@@ -114,7 +114,7 @@ pub(crate) async fn run(args: AnnounceArgs) -> Result<(), GatewayError> {
 /// # Errors
 /// Always [`GatewayError::Announce`].
 #[cfg(not(feature = "mdns"))]
-pub async fn run(_args: AnnounceArgs) -> Result<(), GatewayError> {
+pub(crate) async fn run(_args: AnnounceArgs) -> Result<(), GatewayError> {
     Err(GatewayError::Announce {
         message:
             "this build has no mDNS support: rebuild with the `mdns` feature of cluster-gateway"
