@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use cluster_tests::mlx::{MlxFixture, MlxServer};
 use cluster_types::LoadBalanceStrategy;
-use gateway_support::{CHECK_INTERVAL, GatewayUnderTest, client, config, wait_until};
+use gateway_support::{
+    CHECK_INTERVAL, GatewayUnderTest, client, config, openai_sdk_through, wait_until,
+};
 use serde_json::{Value, json};
 
 fn fixture() -> MlxFixture {
@@ -30,46 +32,10 @@ async fn openai_python_sdk_against_real_mlx_nodes() {
     ))
     .await;
     gw.wait_all_routable().await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway_openai_sdk.py");
-    let out = tokio::process::Command::new(fixture.python())
-        .arg(script)
-        .arg(gw.v1())
-        .arg(fixture.model_id())
-        .env("NO_PROXY", "127.0.0.1")
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "SDK script failed:\n{}\n{}\nnode logs:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        a.log_tail(),
-        b.log_tail()
-    );
-    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(
-        result["stream"]["chunks"].as_u64().unwrap() >= 2,
-        "{result}"
-    );
-    assert!(result["stream"]["prompt_tokens"].as_u64().unwrap() > 0);
-    assert!(result["chat"]["prompt_tokens"].as_u64().unwrap() > 0);
-    assert_eq!(result["error"]["status"], 400);
-    // The stream without usage reached the router with its counts: every
-    // forwarded request's prompt tokens are in the cluster's total (the
-    // usage-less stream sent the same prompt as the other stream).
-    assert_eq!(result["stream_no_usage"]["usage_chunks"], 0);
-    let tokens = |k: &str| result[k]["prompt_tokens"].as_u64().unwrap();
-    let expected = tokens("chat") + 2 * tokens("stream") + tokens("completion");
-    // A guard finishes when the gateway has polled the body to its end,
-    // which may be just after the client has read the last byte.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut total = gw.cluster.status().metrics.prompt_tokens_total;
-    while total != expected && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        total = gw.cluster.status().metrics.prompt_tokens_total;
-    }
-    assert_eq!(total, expected, "{result}");
+    let result = openai_sdk_through(&gw, &fixture.model_id(), || {
+        format!("{}\n{}", a.log_tail(), b.log_tail())
+    })
+    .await;
     // The second identical prompt went where the first is cached.
     assert!(
         result["stream"]["cached_tokens"].as_u64().unwrap() > 0,

@@ -18,7 +18,9 @@ use cluster_sim::replay::{ReplayConfig, replay};
 use cluster_sim::workload::WorkloadConfig;
 use cluster_sim::{SimNode, SimNodeConfig};
 use cluster_types::LoadBalanceStrategy;
-use gateway_support::{GatewayUnderTest, artifacts_dir, client, config, program, wait_until};
+use gateway_support::{
+    GatewayUnderTest, artifacts_dir, client, config, openai_sdk_through, program, wait_until,
+};
 use serde_json::{Value, json};
 
 const SCALE: f64 = 50.0;
@@ -91,45 +93,7 @@ async fn openai_python_sdk_streams_and_not_through_the_gateway() {
         GatewayUnderTest::start(config(&nodes_of(&fleet), LoadBalanceStrategy::CacheAware)).await;
     gw.wait_all_routable().await;
     let model = fleet.nodes()[0].config().model_id.clone();
-    let fixture = cluster_tests::mlx::MlxFixture::locate().unwrap_or_else(|e| panic!("{e}"));
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway_openai_sdk.py");
-    let out = tokio::process::Command::new(fixture.python())
-        .arg(script)
-        .arg(gw.v1())
-        .arg(&model)
-        .env("NO_PROXY", "127.0.0.1")
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "SDK script failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(
-        result["stream"]["chunks"].as_u64().unwrap() >= 2,
-        "{result}"
-    );
-    assert!(result["stream"]["prompt_tokens"].as_u64().unwrap() > 0);
-    assert!(result["chat"]["prompt_tokens"].as_u64().unwrap() > 0);
-    assert_eq!(result["error"]["status"], 400);
-    // The stream without usage reached the router with its counts: every
-    // forwarded request's prompt tokens are in the cluster's total (the
-    // usage-less stream sent the same prompt as the other stream).
-    assert_eq!(result["stream_no_usage"]["usage_chunks"], 0);
-    let tokens = |k: &str| result[k]["prompt_tokens"].as_u64().unwrap();
-    let expected = tokens("chat") + 2 * tokens("stream") + tokens("completion");
-    // A guard finishes when the gateway has polled the body to its end,
-    // which may be just after the client has read the last byte.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut total = gw.cluster.status().metrics.prompt_tokens_total;
-    while total != expected && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        total = gw.cluster.status().metrics.prompt_tokens_total;
-    }
-    assert_eq!(total, expected, "{result}");
+    let result = openai_sdk_through(&gw, &model, String::new).await;
     assert_eq!(result["models"], json!([model]));
     gw.stop().await;
     fleet.shutdown().await;

@@ -150,3 +150,57 @@ pub fn program(name: &str, package: &str) -> PathBuf {
     }
     panic!("{name} is missing: run `cargo xtask setup` (Debian package {package})");
 }
+
+/// Runs `gateway_openai_sdk.py` (the real OpenAI Python SDK: a chat, two
+/// identical streams — one without usage —, a legacy completion, a bad
+/// request, the model list) against `gw` for `model`, checks what every
+/// kind of node must give — streamed chunks, token counts, the 400, the
+/// usage-less stream's counts reaching the cluster — and returns the
+/// script's report for node-specific checks. `logs` adds the nodes' logs to
+/// a failure.
+pub async fn openai_sdk_through(
+    gw: &GatewayUnderTest,
+    model: &str,
+    logs: impl Fn() -> String,
+) -> serde_json::Value {
+    let fixture = cluster_tests::mlx::MlxFixture::locate().unwrap_or_else(|e| panic!("{e}"));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway_openai_sdk.py");
+    let out = tokio::process::Command::new(fixture.python())
+        .arg(script)
+        .arg(gw.v1())
+        .arg(model)
+        .env("NO_PROXY", "127.0.0.1")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "SDK script failed:\n{}\n{}\nnode logs:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        logs()
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        result["stream"]["chunks"].as_u64().unwrap() >= 2,
+        "{result}"
+    );
+    assert!(result["stream"]["prompt_tokens"].as_u64().unwrap() > 0);
+    assert!(result["chat"]["prompt_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(result["error"]["status"], 400);
+    // The stream without usage reached the router with its counts: every
+    // forwarded request's prompt tokens are in the cluster's total (the
+    // usage-less stream sent the same prompt as the other stream).
+    assert_eq!(result["stream_no_usage"]["usage_chunks"], 0);
+    let tokens = |k: &str| result[k]["prompt_tokens"].as_u64().unwrap();
+    let expected = tokens("chat") + 2 * tokens("stream") + tokens("completion");
+    // A guard finishes when the gateway has polled the body to its end,
+    // which may be just after the client has read the last byte.
+    let total = || gw.cluster.status().metrics.prompt_tokens_total;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while total() != expected && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(total(), expected, "{result}");
+    result
+}
