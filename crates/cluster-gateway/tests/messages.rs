@@ -4,18 +4,19 @@
 //! the `max_tokens` cap, model mapping, sessions and `count_tokens`.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::Response;
 use bytes::Bytes;
-use cluster_facade::{NodeEntry, Router, RouterParams};
-use cluster_gateway::{Gateway, GatewaySettings};
+use cluster_facade::{NodeEntry, Router};
+use cluster_gateway::GatewaySettings;
 use cluster_types::LoadBalanceStrategy;
 use cluster_types::{ApiKey, NodeId, NodeSpec, NodeStatus};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 
 use test_support::reply::{json, sse};
@@ -45,27 +46,14 @@ struct Harness {
 }
 
 async fn harness(entries: Vec<NodeEntry>, tweak: impl FnOnce(&mut GatewaySettings)) -> Harness {
-    let router = Router::new(
-        RouterParams::default().with_strategy(LoadBalanceStrategy::RoundRobin),
-        cluster_metrics::system_clock(),
-    );
-    router.publish(entries);
-    let mut settings = GatewaySettings {
-        retry_delay: Duration::from_millis(1),
-        ..GatewaySettings::default()
-    };
-    tweak(&mut settings);
-    let gateway = Gateway::new(router.clone(), settings);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(cluster_gateway::serve(
-        listener,
-        gateway,
-        std::future::pending(),
-    ));
+    let (router, _, base) = support::serve_router(entries, LoadBalanceStrategy::RoundRobin, |s| {
+        s.retry_delay = Duration::from_millis(1);
+        tweak(s);
+    })
+    .await;
     Harness {
         router,
-        base: format!("http://{addr}"),
+        base,
         client: reqwest::Client::new(),
     }
 }

@@ -2,6 +2,8 @@
 //! statuses the test publishes (no health checker racing the assertions).
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,12 +11,11 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
-use cluster_facade::{NodeEntry, Router, RouterParams};
-use cluster_gateway::{Gateway, GatewaySettings};
+use cluster_facade::{NodeEntry, Router};
+use cluster_gateway::GatewaySettings;
 use cluster_types::LoadBalanceStrategy;
 use cluster_types::{ApiKey, NodeId, NodeSpec, NodeStatus};
 use futures::StreamExt;
-use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 
 use test_support::reply::{sse, status};
@@ -50,27 +51,14 @@ async fn harness(
     strategy: LoadBalanceStrategy,
     tweak: impl FnOnce(&mut GatewaySettings),
 ) -> Harness {
-    let router = Router::new(
-        RouterParams::default().with_strategy(strategy),
-        cluster_metrics::system_clock(),
-    );
-    router.publish(entries);
-    let mut settings = GatewaySettings {
-        retry_delay: Duration::from_millis(1),
-        ..GatewaySettings::default()
-    };
-    tweak(&mut settings);
-    let gateway = Gateway::new(router.clone(), settings);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(cluster_gateway::serve(
-        listener,
-        gateway,
-        std::future::pending(),
-    ));
+    let (router, _, base) = support::serve_router(entries, strategy, |s| {
+        s.retry_delay = Duration::from_millis(1);
+        tweak(s);
+    })
+    .await;
     Harness {
         router,
-        base: format!("http://{addr}"),
+        base,
         client: reqwest::Client::new(),
     }
 }

@@ -15,22 +15,22 @@ use serde_json::Value;
 use test_support::{FakeNode, reply};
 use tokio::net::TcpListener;
 
-/// A gateway over a bare router with one healthy node `n1` at `url`
-/// (model `m`); its base URL and the gateway.
-pub async fn gateway(
-    url: &str,
+/// A gateway over a bare router (`strategy`, publishing `entries`) on
+/// loopback, with default settings changed by `tweak`: the router, the
+/// gateway and its base URL.
+pub async fn serve_router(
+    entries: Vec<NodeEntry>,
+    strategy: LoadBalanceStrategy,
     tweak: impl FnOnce(&mut GatewaySettings),
-) -> (String, Arc<Gateway>) {
+) -> (Router, Arc<Gateway>, String) {
     let router = Router::new(
-        RouterParams::default().with_strategy(LoadBalanceStrategy::RoundRobin),
+        RouterParams::default().with_strategy(strategy),
         cluster_metrics::system_clock(),
     );
-    let mut entry = NodeEntry::new(NodeSpec::new("n1", url), NodeStatus::Healthy);
-    entry.models = vec!["m".into()];
-    router.publish(vec![entry]);
+    router.publish(entries);
     let mut settings = GatewaySettings::default();
     tweak(&mut settings);
-    let gateway = Gateway::new(router, settings);
+    let gateway = Gateway::new(router.clone(), settings);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(cluster_gateway::serve(
@@ -38,7 +38,20 @@ pub async fn gateway(
         Arc::clone(&gateway),
         std::future::pending(),
     ));
-    (format!("http://{addr}"), gateway)
+    (router, gateway, format!("http://{addr}"))
+}
+
+/// A gateway over a bare router with one healthy node `n1` at `url`
+/// (model `m`); its base URL and the gateway.
+pub async fn gateway(
+    url: &str,
+    tweak: impl FnOnce(&mut GatewaySettings),
+) -> (String, Arc<Gateway>) {
+    let mut entry = NodeEntry::new(NodeSpec::new("n1", url), NodeStatus::Healthy);
+    entry.models = vec!["m".into()];
+    let (_, gateway, base) =
+        serve_router(vec![entry], LoadBalanceStrategy::RoundRobin, tweak).await;
+    (base, gateway)
 }
 
 /// A node answering non-streamed chat requests at once and streamed ones
