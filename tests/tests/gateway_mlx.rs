@@ -13,9 +13,10 @@ use std::time::Duration;
 use cluster_tests::mlx::{MlxFixture, MlxServer};
 use cluster_types::LoadBalanceStrategy;
 use gateway_support::{
-    CHECK_INTERVAL, GatewayUnderTest, client, config, openai_sdk_through, wait_until,
+    CHECK_INTERVAL, GatewayUnderTest, assert_ends_with_upstream_error, client, config,
+    openai_sdk_through, read_until_content, wait_until,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn fixture() -> MlxFixture {
     MlxFixture::locate().unwrap_or_else(|e| panic!("{e}"))
@@ -174,39 +175,8 @@ async fn killing_a_node_mid_stream_sends_an_error_event_and_closes() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let mut body = String::new();
-    while !body.contains("\"content\"") {
-        let chunk = response
-            .chunk()
-            .await
-            .unwrap()
-            .unwrap_or_else(|| panic!("stream ended early: {body}\n{}", node.log_tail()));
-        body.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    read_until_content(&mut response, || node.log_tail()).await;
     node.kill().await.unwrap();
-    let rest = tokio::time::timeout(Duration::from_secs(60), async {
-        let mut rest = String::new();
-        while let Some(chunk) = response.chunk().await.unwrap() {
-            rest.push_str(&String::from_utf8_lossy(&chunk));
-        }
-        rest
-    })
-    .await
-    .expect("the gateway closed the stream");
-    let last = rest
-        .trim_end()
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_owned();
-    assert!(last.starts_with("data: {\"error\""), "last event: {last:?}");
-    let error: Value = serde_json::from_str(&last["data: ".len()..]).unwrap();
-    assert_eq!(error["error"]["code"], "upstream_error");
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("mlx-a")
-    );
+    assert_ends_with_upstream_error(&mut response, Duration::from_secs(60), "mlx-a").await;
     gw.stop().await;
 }

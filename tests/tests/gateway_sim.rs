@@ -19,7 +19,8 @@ use cluster_sim::workload::WorkloadConfig;
 use cluster_sim::{SimNode, SimNodeConfig};
 use cluster_types::LoadBalanceStrategy;
 use gateway_support::{
-    GatewayUnderTest, artifacts_dir, client, config, openai_sdk_through, program, wait_until,
+    GatewayUnderTest, artifacts_dir, assert_ends_with_upstream_error, client, config,
+    openai_sdk_through, program, read_until_content, wait_until,
 };
 use serde_json::{Value, json};
 
@@ -246,37 +247,9 @@ async fn a_node_crashing_mid_stream_ends_the_stream_with_an_error_event() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let mut body = String::new();
-    while !body.contains("\"content\"") {
-        let chunk = response.chunk().await.unwrap().unwrap();
-        body.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    read_until_content(&mut response, String::new).await;
     node.crash().await;
-    // The gateway ends the stream: chunk() returns None (no hang).
-    let rest = tokio::time::timeout(Duration::from_secs(30), async {
-        let mut rest = String::new();
-        while let Some(chunk) = response.chunk().await.unwrap() {
-            rest.push_str(&String::from_utf8_lossy(&chunk));
-        }
-        rest
-    })
-    .await
-    .expect("the stream ended");
-    let last = rest
-        .trim_end()
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_owned();
-    assert!(last.starts_with("data: {\"error\""), "last event: {last}");
-    let error: Value = serde_json::from_str(&last["data: ".len()..]).unwrap();
-    assert_eq!(error["error"]["code"], "upstream_error");
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("sim-0")
-    );
+    assert_ends_with_upstream_error(&mut response, Duration::from_secs(30), "sim-0").await;
     gw.stop().await;
     node.shutdown().await;
 }

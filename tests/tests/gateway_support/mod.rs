@@ -204,3 +204,49 @@ pub async fn openai_sdk_through(
     assert_eq!(total(), expected, "{result}");
     result
 }
+
+/// Reads a streamed answer until its first content delta; panics (with
+/// `context()`, e.g. the node's log) if it ends before.
+pub async fn read_until_content(response: &mut reqwest::Response, context: impl Fn() -> String) {
+    let mut body = String::new();
+    while !body.contains("\"content\"") {
+        let chunk = response
+            .chunk()
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("stream ended early: {body}\n{}", context()));
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+/// After the stream's node died: the gateway ends the stream within
+/// `limit` (no hang), and its last event is an `upstream_error` naming
+/// `node`.
+pub async fn assert_ends_with_upstream_error(
+    response: &mut reqwest::Response,
+    limit: Duration,
+    node: &str,
+) {
+    let rest = tokio::time::timeout(limit, async {
+        let mut rest = String::new();
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            rest.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        rest
+    })
+    .await
+    .expect("the gateway closed the stream");
+    let last = rest
+        .trim_end()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(last.starts_with("data: {\"error\""), "last event: {last:?}");
+    let error: serde_json::Value = serde_json::from_str(&last["data: ".len()..]).unwrap();
+    assert_eq!(error["error"]["code"], "upstream_error");
+    assert!(
+        error["error"]["message"].as_str().unwrap().contains(node),
+        "{error}"
+    );
+}
