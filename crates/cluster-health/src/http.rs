@@ -639,7 +639,14 @@ fn parse_imf_fixdate(value: &str) -> Option<SystemTime> {
     let hour: u64 = hms.next()?.parse().ok()?;
     let minute: u64 = hms.next()?.parse().ok()?;
     let second: u64 = hms.next()?.parse().ok()?;
-    if parts.next()? != "GMT" || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60
+    // An IMF-fixdate's year has four digits; a larger one would overflow
+    // the day count below (a fuzzed node's `Sun, 06 Nov 19999999999994`).
+    if parts.next()? != "GMT"
+        || !(1..=31).contains(&day)
+        || !(0..=9999).contains(&year)
+        || hour > 23
+        || minute > 59
+        || second > 60
     {
         return None;
     }
@@ -689,6 +696,12 @@ mod tests {
         assert_eq!(parse_retry_after(&headers("soon"), now), None);
         assert_eq!(parse_retry_after(&headers("-3"), now), None);
         assert_eq!(parse_retry_after(&HeaderMap::new(), now), None);
+        // Found by AFL (probe_response): a year past 9999 is refused, not
+        // an overflow.
+        for year in ["19999999999994", "1994444444444444", "10000"] {
+            let date = format!("Sun, 06 Nov {year} 08:49:37 GMT");
+            assert_eq!(parse_retry_after(&headers(&date), now), None, "{date}");
+        }
     }
 
     #[test]
