@@ -716,9 +716,9 @@ mod tests {
         let new = ctx(&sys, &[("user", &task(7))]);
         // Without a measured follow-up turn size: the cached prompt wins.
         assert_eq!(s.pick(&new).index, 0);
-        // Follow-up turns of 800 tokens: three of them queued soon outweigh
-        // the ~1.1k-token system prompt.
-        let pick = s.pick_with(&new, &CostParams::default(), None, 800.0);
+        // Follow-up turns of 2k tokens: three of them queued soon, at the
+        // default balance 0.25, outweigh the ~1.1k-token system prompt.
+        let pick = s.pick_with(&new, &CostParams::default(), None, 2000.0);
         assert_eq!(pick.index, 1);
         // A conversation that lives on n0 stays there: its queue is empty.
         let own = ctx(
@@ -726,7 +726,8 @@ mod tests {
             &[("user", &task(0)), ("assistant", "ok"), ("user", "go on")],
         );
         assert_eq!(
-            s.pick_with(&own, &CostParams::default(), None, 800.0).index,
+            s.pick_with(&own, &CostParams::default(), None, 2000.0)
+                .index,
             0
         );
         // Without the balance term the new one stays with the cache.
@@ -734,7 +735,7 @@ mod tests {
             balance: 0.0,
             ..CostParams::default()
         };
-        assert_eq!(s.pick_with(&new, &no_balance, None, 800.0).index, 0);
+        assert_eq!(s.pick_with(&new, &no_balance, None, 2000.0).index, 0);
     }
 
     #[test]
