@@ -32,7 +32,7 @@ fn shape() -> WorkloadShape {
     WorkloadShape {
         seed: 11,
         sessions: 6,
-        turns: 3,
+        turns: 5,
         shared_prompts: 2,
         prompt_tokens: (250, 400),
         first_message_tokens: (40, 120),

@@ -597,8 +597,13 @@ fn main() {
         for r in &rows {
             let _ = writeln!(
                 md,
-                "| {} | {:.3} | {:.2} | {:.2} | {:.2} | {:.2} |",
-                r.name, r.hit, r.mean_ttft, r.p99_ttft, r.load, r.busy
+                "| {} | {:.3} | {:.2} | {:.2} | {} | {} |",
+                r.name,
+                r.hit,
+                r.mean_ttft,
+                r.p99_ttft,
+                ratio(r.load),
+                ratio(r.busy)
             );
         }
         let find = |k: &str| rows.iter().find(|r| r.name.contains(k)).unwrap();
@@ -638,4 +643,14 @@ fn main() {
         verdicts.len(),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// A max/mean ratio with two decimals, "—" where it has no meaning (the
+/// bound has no nodes).
+fn ratio(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.2}")
+    } else {
+        "—".to_owned()
+    }
 }
