@@ -261,25 +261,7 @@ async fn metrics_pass_promtool() {
         GatewayUnderTest::start(config(&nodes_of(&fleet), LoadBalanceStrategy::CacheAware)).await;
     gw.wait_all_routable().await;
     let model = fleet.nodes()[0].config().model_id.clone();
-    for stream in [false, true] {
-        let r = client()
-            .post(format!("{}/chat/completions", gw.v1()))
-            .json(&json!({"model": model, "stream": stream, "max_tokens": 4,
-                "messages": [{"role": "user", "content": "hi"}]}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        r.bytes().await.unwrap();
-    }
-    let metrics = client()
-        .get(format!("{}/metrics", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics_after_traffic(&model).await;
     assert!(metrics.contains("mlx_cluster_gateway_responses_total{api=\"chat\",status=\"2xx\"}"));
     assert!(metrics.contains("mlx_cluster_node_requests_total"));
     let promtool = program("promtool", "prometheus");

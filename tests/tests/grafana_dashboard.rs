@@ -14,7 +14,7 @@ use std::process::Command;
 use cluster_sim::SimNodeConfig;
 use cluster_sim::fleet::{Fleet, FleetConfig};
 use cluster_types::LoadBalanceStrategy;
-use gateway_support::{GatewayUnderTest, client, config, program};
+use gateway_support::{GatewayUnderTest, config, program};
 use serde_json::{Value, json};
 
 const DASHBOARD: &str = include_str!("../../deploy/grafana/mlx-cluster.json");
@@ -166,25 +166,7 @@ async fn every_metric_the_dashboard_reads_is_in_the_gateways_metrics() {
     let gw = GatewayUnderTest::start(config(&nodes, LoadBalanceStrategy::CacheAware)).await;
     gw.wait_all_routable().await;
     let model = fleet.nodes()[0].config().model_id.clone();
-    for stream in [false, true] {
-        let r = client()
-            .post(format!("{}/chat/completions", gw.v1()))
-            .json(&json!({"model": model, "stream": stream, "max_tokens": 4,
-                "messages": [{"role": "user", "content": "hello there"}]}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        r.bytes().await.unwrap();
-    }
-    let exposition = client()
-        .get(format!("{}/metrics", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let exposition = gw.metrics_after_traffic(&model).await;
     gw.stop().await;
     let exported = sample_names(&exposition);
 

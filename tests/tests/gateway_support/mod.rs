@@ -54,6 +54,32 @@ pub struct GatewayUnderTest {
 }
 
 impl GatewayUnderTest {
+    /// Sends one non-streamed and one streamed chat completion for `model`
+    /// (both must answer 200), then returns the gateway's `/metrics` text.
+    pub async fn metrics_after_traffic(&self, model: &str) -> String {
+        for stream in [false, true] {
+            let r = client()
+                .post(format!("{}/chat/completions", self.v1()))
+                .json(
+                    &serde_json::json!({"model": model, "stream": stream, "max_tokens": 4,
+                    "messages": [{"role": "user", "content": "hello there"}]}),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.bytes().await.unwrap();
+        }
+        client()
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn start(config: ClusterConfig) -> Self {
         let settings = GatewaySettings::from_config(&config);
         let cluster = Cluster::start(config).await.unwrap();
