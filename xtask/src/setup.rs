@@ -66,6 +66,11 @@ const APT_PACKAGES: &[(&str, &str, &str)] = &[
     ),
     ("/usr/bin/cmake", "cmake", "builds llama.cpp's llama-server"),
     ("/usr/bin/g++", "g++", "builds llama.cpp's llama-server"),
+    (
+        "/usr/bin/kubectl",
+        "kubernetes-client",
+        "kubectl reads the Kubernetes API-server fixture",
+    ),
 ];
 
 /// What the tests read to find the fixtures.
