@@ -18,7 +18,7 @@ use std::time::Duration;
 use cluster_tests::claude_code::ClaudeCode;
 use cluster_tests::mlx::{MlxFixture, MlxServer};
 use cluster_types::LoadBalanceStrategy;
-use gateway_support::{GatewayUnderTest, client, config};
+use gateway_support::{GatewayUnderTest, client, config_over_mlx, warm_mlx_nodes};
 use serde_json::{Value, json};
 
 /// Claude Code retries failing requests for minutes; a cold first turn
@@ -47,20 +47,8 @@ fn served(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> Vec<
 async fn claude_code_through_the_gateway_and_its_second_turn_reads_the_cache() {
     let fixture = MlxFixture::locate_chat().unwrap_or_else(|e| panic!("{e}"));
     let claude = ClaudeCode::locate().unwrap_or_else(|e| panic!("{e}"));
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        let node = MlxServer::start(&fixture).await.unwrap();
-        node.warm_up().await.unwrap();
-        nodes.push(node);
-    }
-    let mut config = config(
-        &[
-            ("mlx-a", nodes[0].base_url()),
-            ("mlx-b", nodes[1].base_url()),
-            ("mlx-c", nodes[2].base_url()),
-        ],
-        LoadBalanceStrategy::CacheAware,
-    );
+    let nodes = warm_mlx_nodes(&fixture, 3).await;
+    let mut config = config_over_mlx(&nodes, LoadBalanceStrategy::CacheAware);
     config.gateway.max_output_tokens = 64;
     let gw = GatewayUnderTest::start(config).await;
     gw.wait_all_routable().await;

@@ -13,7 +13,7 @@ use cluster_sim::SimNodeConfig;
 use cluster_sim::fleet::{Fleet, FleetConfig};
 use cluster_tests::mlx::{MlxFixture, MlxServer};
 use cluster_types::LoadBalanceStrategy;
-use gateway_support::{GatewayUnderTest, config};
+use gateway_support::{GatewayUnderTest, config, config_over_mlx, warm_mlx_nodes};
 use serde_json::Value;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway_anthropic_sdk.py");
@@ -45,20 +45,8 @@ async fn run_sdk(fixture: &MlxFixture, mode: &str, base_url: &str) -> Result<Val
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_python_sdk_against_real_mlx_nodes() {
     let fixture = MlxFixture::locate().unwrap_or_else(|e| panic!("{e}"));
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        let node = MlxServer::start(&fixture).await.unwrap();
-        node.warm_up().await.unwrap();
-        nodes.push(node);
-    }
-    let mut config = config(
-        &[
-            ("mlx-a", nodes[0].base_url()),
-            ("mlx-b", nodes[1].base_url()),
-            ("mlx-c", nodes[2].base_url()),
-        ],
-        LoadBalanceStrategy::CacheAware,
-    );
+    let nodes = warm_mlx_nodes(&fixture, 3).await;
+    let mut config = config_over_mlx(&nodes, LoadBalanceStrategy::CacheAware);
     // The tiny model writes until max_tokens: keep answers short.
     config.gateway.max_output_tokens = 12;
     let gw = GatewayUnderTest::start(config).await;

@@ -53,6 +53,37 @@ pub struct GatewayUnderTest {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// Starts `count` real mlx_lm.server nodes of `fixture`, each warmed up.
+pub async fn warm_mlx_nodes(
+    fixture: &cluster_tests::mlx::MlxFixture,
+    count: usize,
+) -> Vec<cluster_tests::mlx::MlxServer> {
+    let mut nodes = Vec::new();
+    for _ in 0..count {
+        let node = cluster_tests::mlx::MlxServer::start(fixture).await.unwrap();
+        node.warm_up().await.unwrap();
+        nodes.push(node);
+    }
+    nodes
+}
+
+/// [`config`] over `nodes`, named `mlx-a`, `mlx-b`, ... in order.
+pub fn config_over_mlx(
+    nodes: &[cluster_tests::mlx::MlxServer],
+    strategy: LoadBalanceStrategy,
+) -> ClusterConfig {
+    let named: Vec<(String, String)> = nodes
+        .iter()
+        .zip('a'..='z')
+        .map(|(n, c)| (format!("mlx-{c}"), n.base_url()))
+        .collect();
+    let refs: Vec<(&str, String)> = named
+        .iter()
+        .map(|(id, u)| (id.as_str(), u.clone()))
+        .collect();
+    config(&refs, strategy)
+}
+
 impl GatewayUnderTest {
     /// Sends one non-streamed and one streamed chat completion for `model`
     /// (both must answer 200), then returns the gateway's `/metrics` text.
